@@ -1,0 +1,218 @@
+// Package storage is Magpie's persistence on Pebble (cockroachdb/pebble/v2)
+// and the domain rules that must be decided where the data is: users,
+// groups and memberships, messages with gapless per-conversation seqs, the
+// (from, cmid) idempotency index, read marks and unread counts. One
+// committer goroutine batches every write and fsyncs once per batch (group
+// commit). Every method may block: never call one from an event loop.
+//
+// CONTRACT (the server is written against these names; keep them). Errors
+// that a client must see are *Error with a PROTOCOL §4 code.
+package storage
+
+import (
+	"errors"
+	"log/slog"
+)
+
+// Code is an error code of PROTOCOL §4.
+type Code string
+
+const (
+	BadRequest  Code = "bad_request"
+	NotFound    Code = "not_found"
+	NotMember   Code = "not_member"
+	TooLarge    Code = "too_large"
+	RateLimited Code = "rate_limited"
+	Internal    Code = "internal"
+)
+
+// Error is a client-visible failure.
+type Error struct {
+	Code Code
+	Msg  string
+}
+
+func (e *Error) Error() string { return string(e.Code) + ": " + e.Msg }
+
+// ErrExists is returned by CreateUser for a taken username (any case).
+var ErrExists = errors.New("storage: username exists")
+
+// Options configure a Store.
+type Options struct {
+	// Fsync makes every commit batch durable (WAL fsync) before OnSent and
+	// before a blocking write returns. The zero value false only survives a
+	// process crash; the server's default is true.
+	Fsync bool
+	// QueueSize bounds the committer queue (operations). When it is full,
+	// Submit fails with RateLimited. The default value is 65536.
+	QueueSize int
+	// MaxBatch bounds the operations committed in one batch. The default
+	// value is 4096.
+	MaxBatch int
+	// MaxBody is the send body limit in bytes (TooLarge). The default value
+	// is 16384.
+	MaxBody int
+	// OnSent is called on the committer goroutine with each batch of sends
+	// after it is durable, in commit order (so per conversation in seq
+	// order). It must not block for long and must not keep the slice (the
+	// *Send values may be kept).
+	OnSent func(batch []*Send)
+	// Logger; the default is slog.Default().
+	Logger *slog.Logger
+}
+
+// Store is the open database. Its methods are safe for concurrent use.
+type Store struct{}
+
+// Open opens (creating if needed) the Pebble database in dir and loads the
+// hot metadata. Errors (for example a read-only dir) are returned, never
+// half-opened.
+func Open(dir string, o Options) (*Store, error) { panic("unimplemented") }
+
+// Close stops taking new work, commits everything already submitted (OnSent
+// is still called for it), and closes the database.
+func (s *Store) Close() error { panic("unimplemented") }
+
+// User is an account.
+type User struct {
+	UID  uint64
+	Name string // as registered (case preserved)
+	Hash []byte // password hash, opaque to storage
+}
+
+// CreateUser stores a new user. Names are unique without regard to case.
+func (s *Store) CreateUser(name string, hash []byte) (uint64, error) { panic("unimplemented") }
+
+// ImportUsers creates every user of us that does not exist yet (by name,
+// any case) in few large batches, and returns the uid of each, in order.
+// It exists for `magpie user import` (bench set-up of 19,000 users).
+func (s *Store) ImportUsers(us []User) ([]uint64, error) { panic("unimplemented") }
+
+// UserByName looks a user up without regard to case.
+func (s *Store) UserByName(name string) (User, bool) { panic("unimplemented") }
+
+// UserByID looks a user up by uid.
+func (s *Store) UserByID(uid uint64) (User, bool) { panic("unimplemented") }
+
+// Users lists users with uid > after whose name starts with prefix (any
+// case), ordered by uid, at most limit.
+func (s *Store) Users(prefix string, after uint64, limit int) []User { panic("unimplemented") }
+
+// Message is a stored message.
+type Message struct {
+	Conv string // "d:a:b" or "g:gid"
+	Seq  uint64
+	From uint64
+	TS   int64 // Unix ms, set once when stored
+	Kind string
+	Body string
+	CMID string
+}
+
+// Send is one send request and, after commit, its result. The server has
+// already checked the fields (cmid 1–64 bytes, exactly one of To/Group,
+// body non-empty valid UTF-8, kind ≤ 32 bytes, "" replaced by "text").
+// The committer applies, in order: a stored (From, CMID) returns the
+// original (Dup, Msg = original, whatever the body or recipient), then
+// body size (TooLarge), then recipient (NotFound, NotMember, BadRequest for
+// oneself); then it assigns the next seq of the conversation, sets the
+// sender's read mark to it, and stores the message.
+type Send struct {
+	From  uint64
+	CMID  string
+	To    uint64
+	Group uint64
+	Kind  string
+	Body  string
+	Tag   any // the submitter's; storage never reads it
+
+	// Results, set before OnSent.
+	Err        *Error
+	Dup        bool     // the cmid was already stored; Msg is the original, nothing new to push
+	Msg        Message  // the stored message
+	Recipients []uint64 // every member uid of the conversation (the sender too); shared and immutable: never modify
+}
+
+// Submit queues m for the committer without blocking. It returns an *Error
+// with RateLimited when the queue is full or the store is closing; then
+// nothing is stored and OnSent is never called for m.
+func (s *Store) Submit(m *Send) error { panic("unimplemented") }
+
+// HistoryQuery selects a page of one conversation.
+type HistoryQuery struct {
+	Conv      string
+	After     uint64
+	HasAfter  bool
+	Before    uint64
+	HasBefore bool
+	Limit     int // 1..200 (the server clamps)
+}
+
+// History returns messages in ascending seq order and whether more exist in
+// the requested direction (for the newest page: older ones). Errors:
+// BadRequest (malformed conv), NotFound, NotMember (PROTOCOL §4, §5).
+func (s *Store) History(uid uint64, q HistoryQuery) ([]Message, bool, error) {
+	panic("unimplemented")
+}
+
+// ConvItem is one entry of the conversation list.
+type ConvItem struct {
+	Conv    string
+	Peer    uint64 // direct conversations
+	Group   uint64 // group conversations
+	Name    string // group name
+	LastSeq uint64
+	ReadSeq uint64
+	Unread  uint64
+	Last    *Message // nil while the conversation has no messages
+}
+
+// Convs lists every group uid is a member of and every direct conversation
+// with at least one message, sorted per PROTOCOL §4, and total_unread.
+func (s *Store) Convs(uid uint64) ([]ConvItem, uint64, error) { panic("unimplemented") }
+
+// MarkRead sets read_seq = max(read_seq, min(seq, last_seq)) and returns the
+// resulting read_seq, the conversation's unread and the user's total_unread.
+func (s *Store) MarkRead(uid uint64, conv string, seq uint64) (readSeq, unread, total uint64, err error) {
+	panic("unimplemented")
+}
+
+// GroupInfo answers every group request.
+type GroupInfo struct {
+	ID      uint64
+	Name    string
+	Count   int
+	Members []uint64 // only for CreateGroup and GroupMembers
+	More    bool
+}
+
+// CreateGroup creates a group of creator plus members (duplicates ignored;
+// an unknown uid: NotFound, nothing created).
+func (s *Store) CreateGroup(creator uint64, name string, members []uint64) (GroupInfo, error) {
+	panic("unimplemented")
+}
+
+// JoinGroup adds uid (idempotent); the joiner's read_seq starts at last_seq.
+func (s *Store) JoinGroup(uid, gid uint64) (GroupInfo, error) { panic("unimplemented") }
+
+// LeaveGroup removes uid (NotMember if not a member).
+func (s *Store) LeaveGroup(uid, gid uint64) (GroupInfo, error) { panic("unimplemented") }
+
+// GroupMembers lists members with uid > after, ascending, at most limit.
+func (s *Store) GroupMembers(uid, gid, after uint64, limit int) (GroupInfo, error) {
+	panic("unimplemented")
+}
+
+// EnsureDemo creates what is missing of users alice, bob, carol (password
+// hash from hash("password")) and a group "lobby" with all three. Idempotent.
+func (s *Store) EnsureDemo(hash func(password string) []byte) error { panic("unimplemented") }
+
+// ParseConv parses a conversation id; ok is false when it is malformed.
+// For "d:a:b", a < b; for "g:gid", a = gid, b = 0.
+func ParseConv(conv string) (group bool, a, b uint64, ok bool) { panic("unimplemented") }
+
+// DirectConv returns "d:min:max".
+func DirectConv(x, y uint64) string { panic("unimplemented") }
+
+// GroupConv returns "g:gid".
+func GroupConv(gid uint64) string { panic("unimplemented") }
