@@ -109,9 +109,9 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 		}
 		var f struct {
 			Type, RID, CMID, Conv, Body string
-			To, Group, Seq             int64
-			After, Before              *int64
-			Limit                      int
+			To, Group, Seq              int64
+			After, Before               *int64
+			Limit                       int
 		}
 		json.Unmarshal(data, &f)
 		fs.handle(fc, f.Type, f.RID, f.CMID, f.Conv, f.Body, f.To, f.Seq, f.After, f.Before, f.Limit)
