@@ -1,0 +1,54 @@
+# Magpie — `make run` starts a demo server, `make test` runs every test.
+GO      ?= go
+BIN     := bin/magpie
+DATA    ?= ./data
+FUZZTIME ?= 30s
+
+.PHONY: all build run test test-go test-js vet fmt-check deps bench fuzz fuzz-smoke clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN) ./cmd/magpie
+
+# Builds and starts the server with an embedded Pebble store under ./data
+# and the demo users alice, bob and carol (password: password).
+run: build
+	$(BIN) serve --data $(DATA) --demo
+
+# npm packages used by cross-client tests (the `ws` interop client).
+deps:
+	@if command -v npm >/dev/null 2>&1; then \
+		npm install --no-audit --no-fund --silent --prefix wsproto/testdata/node; \
+	else echo "npm not found: the Node interop test will be skipped (CI installs it)"; fi
+
+vet:
+	$(GO) vet ./...
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+
+test: deps vet test-js test-go fuzz-smoke
+
+test-go:
+	$(GO) test -race -count=1 -timeout 20m ./...
+
+test-js:
+	@if command -v node >/dev/null 2>&1 && [ -d web/sdk ]; then node --test web/sdk/; \
+	else echo "node not found: JS SDK unit tests skipped"; fi
+
+# A few seconds of each fuzz target; `make fuzz` runs them longer.
+fuzz-smoke:
+	$(MAKE) --no-print-directory fuzz FUZZTIME=3s
+
+fuzz:
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz' || true); do \
+			echo "fuzz $$pkg $$t ($(FUZZTIME))"; \
+			$(GO) test -run '^$$' -fuzz "^$$t$$" -fuzztime $(FUZZTIME) $$pkg; \
+		done; \
+	done
+
+bench:
+	$(GO) test -run '^$$' -bench . -benchmem ./...
+
+clean:
+	rm -rf bin

@@ -1,0 +1,179 @@
+package server
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Config holds every tunable of `magpie serve`. Each field names its flag
+// and default; Validate reports every bad value at once, naming the flags.
+type Config struct {
+	Listen        string        // --listen; default ":7070"
+	HTTP          string        // --http; default ":8080"
+	WSURL         string        // --ws-url; default "" (derived from the login request)
+	Data          string        // --data; default "./data"
+	Loops         int           // --loops; default GOMAXPROCS
+	Heartbeat     time.Duration // --heartbeat; default 30s
+	IdleTimeout   time.Duration // --idle-timeout; default (and 0 here) 3 × Heartbeat
+	AuthTimeout   time.Duration // --auth-timeout; default 10s
+	AckTimeout    time.Duration // --ack-timeout; default 5s
+	AckRetries    int           // --ack-retries; default 3 (0: no resend)
+	MaxInflight   int           // --max-inflight; default 1024
+	MaxOutbound   int           // --max-outbound; default 4 MiB
+	MaxMessage    int           // --max-message; default 65536
+	MaxBody       int           // --max-body; default 16384
+	SendRate      int           // --send-rate; default 100 (0: unlimited)
+	Fsync         bool          // --fsync; default true
+	Secret        string        // --secret; default generated once in the data dir
+	TokenTTL      time.Duration // --token-ttl; default 24h
+	Origins       []string      // --origins; default any
+	Demo          bool          // --demo; default false
+	ShutdownGrace time.Duration // --shutdown-grace; default 5s
+	QueueSize     int           // --queue; committer queue bound, default 65536
+	Workers       int           // --workers; pool for blocking requests, default 4 × GOMAXPROCS
+	WorkQueue     int           // --work-queue; bound of that pool's queue, default 16384
+	LogLevel      string        // --log-level; default "info"
+}
+
+// DefaultConfig returns the defaults of PROTOCOL §12.
+func DefaultConfig() Config {
+	return Config{
+		Listen:        ":7070",
+		HTTP:          ":8080",
+		Data:          "./data",
+		Loops:         runtime.GOMAXPROCS(0),
+		Heartbeat:     30 * time.Second,
+		AuthTimeout:   10 * time.Second,
+		AckTimeout:    5 * time.Second,
+		AckRetries:    3,
+		MaxInflight:   1024,
+		MaxOutbound:   4 << 20,
+		MaxMessage:    65536,
+		MaxBody:       16384,
+		SendRate:      100,
+		Fsync:         true,
+		TokenTTL:      24 * time.Hour,
+		ShutdownGrace: 5 * time.Second,
+		QueueSize:     65536,
+		Workers:       4 * runtime.GOMAXPROCS(0),
+		WorkQueue:     16384,
+		LogLevel:      "info",
+	}
+}
+
+// ParseFlags parses the `serve` flags in args into a Config. Errors name the
+// flag; -h prints the usage to out and returns flag.ErrHelp.
+func ParseFlags(args []string, out io.Writer) (Config, error) {
+	c := DefaultConfig()
+	fs := flag.NewFlagSet("magpie serve", flag.ContinueOnError)
+	fs.SetOutput(out)
+	fs.StringVar(&c.Listen, "listen", c.Listen, "WebSocket address (gnet)")
+	fs.StringVar(&c.HTTP, "http", c.HTTP, "HTTP address: API, web UI, /metrics, /healthz")
+	fs.StringVar(&c.WSURL, "ws-url", "", "public WebSocket URL returned by login (behind a proxy); default ws://HOST:PORT/ws from the request")
+	fs.StringVar(&c.Data, "data", c.Data, "data directory (Pebble store and token secret)")
+	fs.IntVar(&c.Loops, "loops", c.Loops, "gnet event loops")
+	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "heartbeat_ms announced in welcome")
+	idle := fs.Duration("idle-timeout", 0, "server-side idle close, 4003 (default 3 × --heartbeat)")
+	fs.DurationVar(&c.AuthTimeout, "auth-timeout", c.AuthTimeout, "accept-to-auth deadline, 4002")
+	fs.DurationVar(&c.AckTimeout, "ack-timeout", c.AckTimeout, "T of the ACK resend schedule")
+	fs.IntVar(&c.AckRetries, "ack-retries", c.AckRetries, "resends before closing 4005 (0: none)")
+	fs.IntVar(&c.MaxInflight, "max-inflight", c.MaxInflight, "unacked pushes per connection (4008)")
+	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unwritten bytes per connection (4008)")
+	fs.IntVar(&c.MaxMessage, "max-message", c.MaxMessage, "WebSocket message limit in bytes (1009)")
+	fs.IntVar(&c.MaxBody, "max-body", c.MaxBody, "send body limit in bytes (too_large)")
+	fs.IntVar(&c.SendRate, "send-rate", c.SendRate, "sends per second per connection, burst 2×; 0 = unlimited (4029)")
+	fs.BoolVar(&c.Fsync, "fsync", c.Fsync, "fsync each commit batch before sent")
+	fs.StringVar(&c.Secret, "secret", "", "token signing key (default: generated once, kept in the data dir)")
+	fs.DurationVar(&c.TokenTTL, "token-ttl", c.TokenTTL, "token lifetime")
+	origins := fs.String("origins", "", "comma-separated allowed Origin values (default any)")
+	fs.BoolVar(&c.Demo, "demo", false, "create demo users alice, bob, carol (password \"password\") and group lobby")
+	fs.DurationVar(&c.ShutdownGrace, "shutdown-grace", c.ShutdownGrace, "time to drain on SIGTERM before exit 1")
+	fs.IntVar(&c.QueueSize, "queue", c.QueueSize, "committer queue bound; a full queue answers rate_limited")
+	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines serving blocking requests (history, convs, groups, read)")
+	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
+	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	if err := fs.Parse(args); err != nil {
+		return c, err
+	}
+	if fs.NArg() > 0 {
+		return c, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	c.IdleTimeout = *idle
+	explicitIdle := false
+	fs.Visit(func(f *flag.Flag) { explicitIdle = explicitIdle || f.Name == "idle-timeout" })
+	if explicitIdle && *idle <= 0 {
+		return c, fmt.Errorf("--idle-timeout: must be positive, got %v", *idle)
+	}
+	if *origins != "" {
+		for _, o := range strings.Split(*origins, ",") {
+			if o = strings.TrimSpace(o); o != "" {
+				c.Origins = append(c.Origins, o)
+			}
+		}
+	}
+	return c, c.Validate()
+}
+
+// Validate reports every invalid field, naming its flag, and resolves
+// IdleTimeout 0 to 3 × Heartbeat.
+func (c *Config) Validate() error {
+	if c.IdleTimeout == 0 {
+		c.IdleTimeout = 3 * c.Heartbeat
+	}
+	var errs []error
+	bad := func(flag, why string) { errs = append(errs, fmt.Errorf("--%s: %s", flag, why)) }
+	if c.Listen == "" {
+		bad("listen", "must not be empty")
+	}
+	if c.HTTP == "" {
+		bad("http", "must not be empty")
+	}
+	if c.Data == "" {
+		bad("data", "must not be empty")
+	}
+	if c.WSURL != "" && !strings.HasPrefix(c.WSURL, "ws://") && !strings.HasPrefix(c.WSURL, "wss://") {
+		bad("ws-url", "must start with ws:// or wss://")
+	}
+	pos := func(flag string, d time.Duration) {
+		if d <= 0 {
+			bad(flag, fmt.Sprintf("must be positive, got %v", d))
+		}
+	}
+	pos("heartbeat", c.Heartbeat)
+	if c.IdleTimeout < 0 {
+		bad("idle-timeout", fmt.Sprintf("must be positive, got %v", c.IdleTimeout))
+	}
+	pos("auth-timeout", c.AuthTimeout)
+	pos("ack-timeout", c.AckTimeout)
+	pos("token-ttl", c.TokenTTL)
+	pos("shutdown-grace", c.ShutdownGrace)
+	atLeast := func(flag string, v, min int) {
+		if v < min {
+			bad(flag, fmt.Sprintf("must be at least %d, got %d", min, v))
+		}
+	}
+	atLeast("loops", c.Loops, 1)
+	atLeast("ack-retries", c.AckRetries, 0)
+	if c.AckRetries > 20 {
+		bad("ack-retries", fmt.Sprintf("must be at most 20, got %d", c.AckRetries))
+	}
+	atLeast("max-inflight", c.MaxInflight, 1)
+	atLeast("max-outbound", c.MaxOutbound, 1)
+	atLeast("max-message", c.MaxMessage, 1)
+	atLeast("max-body", c.MaxBody, 1)
+	atLeast("send-rate", c.SendRate, 0)
+	atLeast("queue", c.QueueSize, 1)
+	atLeast("workers", c.Workers, 1)
+	atLeast("work-queue", c.WorkQueue, 1)
+	switch c.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		bad("log-level", fmt.Sprintf("must be debug, info, warn or error, got %q", c.LogLevel))
+	}
+	return errors.Join(errs...)
+}

@@ -1,0 +1,364 @@
+package server
+
+import (
+	"context"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/magpie-im/magpie/storage"
+	"github.com/magpie-im/magpie/wheel"
+	"github.com/magpie-im/magpie/wsproto"
+)
+
+// Application close codes (PROTOCOL §11).
+const (
+	closeUnauthorized uint16 = 4001
+	closeAuthTimeout  uint16 = 4002
+	closeIdle         uint16 = 4003
+	closeReplaced     uint16 = 4004
+	closeAckTimeout   uint16 = 4005
+	closeSlow         uint16 = 4008
+	closeRate         uint16 = 4029
+)
+
+// Connection states.
+const (
+	stHandshake uint8 = iota // waiting for the HTTP upgrade request
+	stOpen                   // WebSocket open (authenticated when uid != 0)
+	stClosing                // close frame queued; no more frames in or out
+	stClosed                 // OnClose ran
+)
+
+// conn is the per-connection state. Every field is owned by the
+// connection's event loop (REQUIRES: owning event loop) except gc and lp,
+// which are set before anything else can see the conn and never change,
+// and the two wheel timers, which are safe from any goroutine.
+type conn struct {
+	gc     gnet.Conn
+	lp     *loop
+	idx    int32 // position in lp.conns
+	state  uint8
+	parser wsproto.Parser
+	uid    uint64 // 0 until authenticated
+	device string
+
+	idle     wheel.Timer // auth deadline before auth, idle deadline after
+	retx     wheel.Timer // ACK retransmission; armed while win is non-empty
+	lastSeen int64       // wheel time of the last complete client frame
+	retxAt   int64       // deadline retx is set to (0: disarmed)
+
+	win    *window  // unacked pushes; nil while empty
+	pend   [][]byte // frames queued for the end of the current loop task
+	tokens float64  // send rate bucket
+	tokAt  int64
+}
+
+// loop is the state of one gnet event loop. REQUIRES: owning event loop
+// for every field but el.
+type loop struct {
+	srv   *Server
+	el    gnet.EventLoop
+	conns []*conn            // every conn of this loop
+	users map[uint64][]*conn // authenticated conns of this loop by uid
+	dirty []*conn            // conns with pend frames
+	fb    frameBuf           // reply scratch
+	arena []byte             // frames queued until the next flush
+	req   request            // decoder scratch
+}
+
+// handler is the gnet.EventHandler.
+type handler struct {
+	gnet.BuiltinEventEngine
+	srv *Server
+}
+
+func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
+	h.srv.booted(eng)
+	return gnet.None
+}
+
+func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
+	s := h.srv
+	s.m.connsAccepted.Inc()
+	if s.draining.Load() {
+		return nil, gnet.Close
+	}
+	s.m.connsOpen.Inc()
+	lp := s.loopOf(gc.EventLoop())
+	c := &conn{gc: gc, lp: lp, state: stHandshake}
+	c.parser.MaxMessage = s.cfg.MaxMessage
+	c.idx = int32(len(lp.conns))
+	lp.conns = append(lp.conns, c)
+	gc.SetContext(c)
+	c.idle.Init(s.wheel, c.onIdleFire)
+	c.retx.Init(s.wheel, c.onRetxFire)
+	c.idle.Set(s.wheel.Now() + int64(s.cfg.AuthTimeout))
+	return nil, gnet.None
+}
+
+func (h *handler) OnClose(gc gnet.Conn, _ error) gnet.Action {
+	c, ok := gc.Context().(*conn)
+	if !ok || c == nil {
+		return gnet.None
+	}
+	s := h.srv
+	s.m.connsOpen.Dec()
+	c.state = stClosed
+	c.idle.Stop()
+	c.retx.Stop()
+	c.win = nil
+	c.pend = nil
+	lp := c.lp
+	last := len(lp.conns) - 1
+	lp.conns[c.idx] = lp.conns[last]
+	lp.conns[c.idx].idx = c.idx
+	lp.conns[last] = nil
+	lp.conns = lp.conns[:last]
+	if c.uid != 0 {
+		lp.removeUser(c)
+		s.offline(c)
+	}
+	return gnet.None
+}
+
+func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
+	c := gc.Context().(*conn)
+	s := h.srv
+	buf, _ := gc.Peek(-1)
+	s.m.bytesIn.Add(float64(len(buf)))
+	if c.state >= stClosing {
+		_, _ = gc.Discard(len(buf))
+		return gnet.None
+	}
+	off := 0
+	if c.state == stHandshake {
+		n := wsproto.RequestEnd(buf)
+		if n == 0 {
+			return gnet.None
+		}
+		if n < 0 {
+			s.m.handshakes.WithLabelValues("431").Inc()
+			_, _ = gc.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: 71\r\nConnection: close\r\n\r\n{\"error\":\"bad_request\",\"message\":\"request header fields too large\"}\n"))
+			c.state = stClosing
+			return gnet.Close
+		}
+		var req wsproto.Request
+		resp, status := s.upgrader.Upgrade(buf[:n], &req)
+		s.countHandshake(status)
+		_, _ = gc.Write(resp)
+		if status != 101 {
+			c.state = stClosing
+			return gnet.Close
+		}
+		c.state = stOpen
+		off = n
+		if req.UID != 0 {
+			c.authenticate(req.UID, req.Device)
+		}
+	}
+	frames := 0
+	for off < len(buf) && c.state == stOpen {
+		f, n, err := c.parser.Next(buf[off:])
+		if err != nil {
+			if ce, ok := err.(*wsproto.CloseError); ok {
+				c.closeWith(ce.Code, ce.Reason)
+			} else {
+				c.closeWith(wsproto.CloseProtocol, "protocol error")
+			}
+			break
+		}
+		if n == 0 {
+			break
+		}
+		off += n
+		frames++
+		c.frame(f)
+	}
+	if frames > 0 {
+		s.m.framesIn.Add(float64(frames))
+		if c.uid != 0 && c.state == stOpen {
+			now := s.wheel.Now()
+			c.lastSeen = now
+			c.idle.Set(now + int64(s.cfg.IdleTimeout))
+		}
+	}
+	_, _ = gc.Discard(off)
+	c.lp.flush()
+	return gnet.None
+}
+
+// frame handles one complete frame. REQUIRES: owning event loop.
+func (c *conn) frame(f wsproto.Frame) {
+	switch f.Op {
+	case wsproto.OpText:
+		c.text(f.Payload)
+	case wsproto.OpBinary:
+		c.closeWith(wsproto.CloseUnsupported, "binary messages are not supported")
+	case wsproto.OpPing:
+		c.writeNow(wsproto.AppendFrame(c.lp.fb.start()[:0], wsproto.OpPong, f.Payload))
+	case wsproto.OpPong:
+	case wsproto.OpClose:
+		code := f.CloseCode
+		if code == wsproto.CloseNoStatus {
+			code = wsproto.CloseNormal
+		}
+		c.closeWith(code, "")
+	}
+}
+
+// writeNow writes one complete frame. REQUIRES: owning event loop.
+func (c *conn) writeNow(frame []byte) {
+	if c.state != stOpen {
+		return
+	}
+	c.lp.srv.m.framesOut.Inc()
+	c.lp.srv.m.bytesOut.Add(float64(len(frame)))
+	_, _ = c.gc.Write(frame)
+	c.checkOutbound()
+}
+
+// reply frames and writes a JSON payload built on c.lp.fb.start().
+func (c *conn) reply(payload []byte) {
+	c.writeNow(c.lp.fb.finish(payload))
+}
+
+func (c *conn) checkOutbound() {
+	if c.state == stOpen && c.gc.OutboundBuffered() > c.lp.srv.cfg.MaxOutbound {
+		c.closeWith(closeSlow, "slow consumer")
+	}
+}
+
+// closeWith queues a close frame with code, stops taking frames, and
+// closes TCP once the frame is written (at most 5 s later for a peer that
+// does not read). REQUIRES: owning event loop.
+func (c *conn) closeWith(code uint16, reason string) {
+	if c.state != stOpen {
+		return
+	}
+	s := c.lp.srv
+	c.state = stClosing
+	s.m.closed(code)
+	c.pend = nil
+	c.win = nil
+	c.retx.Stop()
+	_, _ = c.gc.Write(wsproto.AppendClose(c.lp.fb.start()[:0], code, reason))
+	if c.gc.OutboundBuffered() == 0 {
+		_ = c.gc.Close()
+		return
+	}
+	// Wait for the peer to take the queued data, polling every 100 ms.
+	c.lastSeen = s.wheel.Now() + int64(5*time.Second)
+	c.idle.Set(s.wheel.Now() + int64(100*time.Millisecond))
+}
+
+// dropTCP closes without a close frame (handshake never completed).
+func (c *conn) dropTCP() {
+	if c.state >= stClosing {
+		return
+	}
+	c.state = stClosing
+	_ = c.gc.Close()
+}
+
+// onIdleFire runs on a wheel goroutine: hand off to the loop.
+func (c *conn) onIdleFire() {
+	_ = c.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(c.onIdle))
+}
+
+func (c *conn) onRetxFire() {
+	_ = c.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(c.onRetx))
+}
+
+// onIdle handles the idle/auth/closing deadline. REQUIRES: owning event loop.
+func (c *conn) onIdle(context.Context) error {
+	s := c.lp.srv
+	switch c.state {
+	case stClosed:
+		return nil
+	case stClosing:
+		if c.gc.OutboundBuffered() == 0 || time.Now().UnixNano() >= c.lastSeen {
+			_ = c.gc.Close()
+			return nil
+		}
+		c.idle.Set(s.wheel.Now() + int64(100*time.Millisecond))
+		return nil
+	case stHandshake:
+		c.dropTCP() // slowloris: no response
+		return nil
+	}
+	if c.uid == 0 {
+		c.closeWith(closeAuthTimeout, "auth timeout")
+		return nil
+	}
+	deadline := c.lastSeen + int64(s.cfg.IdleTimeout)
+	if time.Now().UnixNano() < deadline {
+		c.idle.Set(deadline) // traffic raced with the expiry
+		return nil
+	}
+	c.closeWith(closeIdle, "idle timeout")
+	return nil
+}
+
+// authenticate binds the connection to uid and sends welcome.
+// REQUIRES: owning event loop.
+func (c *conn) authenticate(uid uint64, device string) {
+	s := c.lp.srv
+	c.uid = uid
+	c.device = device
+	c.lastSeen = s.wheel.Now()
+	c.idle.Set(c.lastSeen + int64(s.cfg.IdleTimeout))
+	if s.cfg.SendRate > 0 {
+		c.tokens = float64(2 * s.cfg.SendRate)
+		c.tokAt = time.Now().UnixNano()
+	}
+	c.lp.addUser(c)
+	s.online(c)
+	c.reply(s.appendWelcome(c.lp.fb.start(), uid))
+}
+
+// allowSend takes a token from the send bucket.
+func (c *conn) allowSend() bool {
+	rate := c.lp.srv.cfg.SendRate
+	if rate == 0 {
+		return true
+	}
+	now := time.Now().UnixNano()
+	c.tokens += float64(now-c.tokAt) * float64(rate) / 1e9
+	c.tokAt = now
+	if max := float64(2 * rate); c.tokens > max {
+		c.tokens = max
+	}
+	if c.tokens < 1 {
+		return false
+	}
+	c.tokens--
+	return true
+}
+
+func (lp *loop) addUser(c *conn) {
+	lp.users[c.uid] = append(lp.users[c.uid], c)
+}
+
+func (lp *loop) removeUser(c *conn) {
+	list := lp.users[c.uid]
+	for i, x := range list {
+		if x == c {
+			list[i] = list[len(list)-1]
+			list[len(list)-1] = nil
+			list = list[:len(list)-1]
+			break
+		}
+	}
+	if len(list) == 0 {
+		delete(lp.users, c.uid)
+	} else {
+		lp.users[c.uid] = list
+	}
+}
+
+// errorReply writes an error frame. REQUIRES: owning event loop.
+func (c *conn) errorReply(rid []byte, cmid string, code storage.Code, msg string) {
+	c.lp.srv.m.errors.WithLabelValues(string(code)).Inc()
+	c.reply(appendError(c.lp.fb.start(), rid, cmid, code, msg))
+}

@@ -1,0 +1,328 @@
+package server
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/panjf2000/gnet/v2"
+
+	"github.com/magpie-im/magpie/storage"
+)
+
+// pushMsg is one stored message as pushed: its msg frame is encoded once
+// and shared read-only by every recipient connection and every resend.
+type pushMsg struct {
+	frame []byte
+	conv  string
+	seq   uint64
+}
+
+// inflight is one unacked push on one connection.
+type inflight struct {
+	m  *pushMsg // nil once acked
+	t0 int64    // first transmission (wheel time, never early)
+	k  uint8    // resends done
+}
+
+// window holds a connection's unacked pushes in first-transmission order.
+// Acked entries are cleared in place and trimmed from the front, so memory
+// per connection is bounded by --max-inflight entries.
+type window struct {
+	ents []inflight
+	head int // first possibly live entry
+	live int
+}
+
+func (w *window) compact() {
+	for w.head < len(w.ents) && w.ents[w.head].m == nil {
+		w.head++
+	}
+	if w.head == len(w.ents) {
+		w.ents, w.head = w.ents[:0], 0
+		return
+	}
+	if w.head > len(w.ents)/2 && w.head > 32 {
+		n := copy(w.ents, w.ents[w.head:])
+		clear(w.ents[n:])
+		w.ents, w.head = w.ents[:n], 0
+	}
+}
+
+// push queues m for this connection and records it as in flight.
+// REQUIRES: owning event loop.
+func (c *conn) push(m *pushMsg, now int64) {
+	if c.state != stOpen {
+		return
+	}
+	s := c.lp.srv
+	if c.win == nil {
+		c.win = &window{}
+	}
+	if c.win.live >= s.cfg.MaxInflight {
+		c.closeWith(closeSlow, "too many unacked messages")
+		return
+	}
+	c.win.ents = append(c.win.ents, inflight{m: m, t0: now})
+	c.win.live++
+	c.queue(m.frame)
+	s.m.pushes.Inc()
+	if due := now + int64(s.cfg.AckTimeout); c.retxAt == 0 || due < c.retxAt {
+		c.retxAt = due
+		c.retx.Set(due)
+	}
+}
+
+// queue adds a frame to be written when the loop task ends.
+func (c *conn) queue(frame []byte) {
+	if len(c.pend) == 0 {
+		c.lp.dirty = append(c.lp.dirty, c)
+	}
+	c.pend = append(c.pend, frame)
+}
+
+// flush writes every dirty connection's queued frames, one writev each.
+// REQUIRES: owning event loop.
+func (lp *loop) flush() {
+	if len(lp.dirty) == 0 {
+		return
+	}
+	m := lp.srv.m
+	for i, c := range lp.dirty {
+		lp.dirty[i] = nil
+		if c.state != stOpen || len(c.pend) == 0 {
+			c.pend = c.pend[:0]
+			continue
+		}
+		n := 0
+		for _, f := range c.pend {
+			n += len(f)
+		}
+		m.framesOut.Add(float64(len(c.pend)))
+		m.bytesOut.Add(float64(n))
+		if len(c.pend) == 1 {
+			_, _ = c.gc.Write(c.pend[0])
+		} else {
+			_, _ = c.gc.Writev(c.pend)
+		}
+		clear(c.pend)
+		if cap(c.pend) > 64 {
+			c.pend = nil
+		} else {
+			c.pend = c.pend[:0]
+		}
+		c.checkOutbound()
+	}
+	lp.dirty = lp.dirty[:0]
+	if cap(lp.arena) > 1<<20 {
+		lp.arena = nil
+	} else {
+		lp.arena = lp.arena[:0]
+	}
+}
+
+// stash copies frame into the loop's arena, valid until the next flush
+// (gnet copies whatever it cannot write at once).
+func (lp *loop) stash(frame []byte) []byte {
+	off := len(lp.arena)
+	lp.arena = append(lp.arena, frame...)
+	return lp.arena[off:len(lp.arena):len(lp.arena)]
+}
+
+// ack trims the window: every push of conv with seq ≤ r.seq is acked.
+// REQUIRES: owning event loop.
+func (c *conn) ack(r *request) {
+	if r.has&hasConv == 0 || r.has&hasSeq == 0 {
+		c.errorReply(nil, "", storage.BadRequest, "conv and seq are required")
+		return
+	}
+	w := c.win
+	if w == nil {
+		return
+	}
+	n := 0
+	for i := w.head; i < len(w.ents); i++ {
+		e := &w.ents[i]
+		if e.m != nil && e.m.seq <= r.seq && e.m.conv == string(r.conv) {
+			e.m = nil
+			n++
+		}
+	}
+	if n == 0 {
+		return
+	}
+	w.live -= n
+	c.lp.srv.m.acks.Add(float64(n))
+	if w.live == 0 {
+		c.win = nil
+		c.retxAt = 0
+		c.retx.Stop()
+		return
+	}
+	w.compact()
+}
+
+// onRetx resends what is due and closes 4005 when retries are exhausted.
+// A push first sent at t0 is resent at t0 + T·(2^k − 1), k = 1…R, and the
+// connection closes at t0 + T·(2^(R+1) − 1). REQUIRES: owning event loop.
+func (c *conn) onRetx(context.Context) error {
+	if c.state != stOpen || c.win == nil {
+		return nil
+	}
+	s := c.lp.srv
+	T := int64(s.cfg.AckTimeout)
+	R := uint8(s.cfg.AckRetries)
+	now := time.Now().UnixNano()
+	var next int64
+	resent := 0
+	w := c.win
+	for i := w.head; i < len(w.ents); i++ {
+		e := &w.ents[i]
+		if e.m == nil {
+			continue
+		}
+		due := e.t0 + T*(int64(1)<<(e.k+1)-1)
+		if due <= now {
+			if e.k >= R {
+				c.closeWith(closeAckTimeout, "ack timeout")
+				return nil
+			}
+			e.k++
+			c.queue(e.m.frame)
+			resent++
+			due = e.t0 + T*(int64(1)<<(e.k+1)-1)
+		}
+		if next == 0 || due < next {
+			next = due
+		}
+	}
+	if resent > 0 {
+		s.m.resends.Add(float64(resent))
+		c.lp.flush()
+	}
+	if c.state == stOpen {
+		c.retxAt = next
+		c.retx.Set(next)
+	}
+	return nil
+}
+
+// fanout is one committed batch on its way to every loop.
+type fanout struct {
+	srv   *Server
+	sends []*storage.Send
+	msgs  []*pushMsg // nil where nothing is pushed
+}
+
+// onSent is the store's OnSent: it encodes each new message once and posts
+// one task per event loop (not one per recipient).
+func (s *Server) onSent(batch []*storage.Send) {
+	fo := &fanout{srv: s, sends: append([]*storage.Send(nil), batch...), msgs: make([]*pushMsg, len(batch))}
+	stored := 0
+	for i, m := range batch {
+		if m.Err == nil && !m.Dup {
+			stored++
+			fo.msgs[i] = &pushMsg{frame: encodeMsgFrame(&m.Msg), conv: m.Msg.Conv, seq: m.Msg.Seq}
+		}
+	}
+	s.m.msgsStored.Add(float64(stored))
+	for _, lp := range s.allLoops() {
+		lp := lp
+		_ = lp.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			lp.deliver(fo)
+			return nil
+		}))
+	}
+}
+
+// deliver answers this loop's senders and pushes to this loop's recipient
+// connections. REQUIRES: owning event loop.
+func (lp *loop) deliver(fo *fanout) {
+	now := lp.srv.wheel.Now()
+	for i, m := range fo.sends {
+		sc, rid := tagConn(m.Tag)
+		if sc != nil && sc.lp == lp && sc.state == stOpen {
+			if m.Err != nil {
+				sc.errorReply(ridBytes(rid), m.CMID, m.Err.Code, m.Err.Msg)
+			} else {
+				sc.queue(lp.stash(lp.fb.finish(appendSent(lp.fb.start(), ridBytes(rid), &m.Msg))))
+			}
+		}
+		pm := fo.msgs[i]
+		if pm == nil {
+			continue
+		}
+		for _, uid := range m.Recipients {
+			for _, rc := range lp.users[uid] {
+				if rc != sc {
+					rc.push(pm, now)
+				}
+			}
+		}
+	}
+	lp.flush()
+}
+
+func ridBytes(rid string) []byte {
+	if rid == "" {
+		return nil
+	}
+	return []byte(rid)
+}
+
+// offload runs fn on the worker pool; when the pool is full the request is
+// answered rate_limited. REQUIRES: owning event loop.
+func (s *Server) offload(c *conn, rid string, fn func()) {
+	select {
+	case s.work <- fn:
+	default:
+		s.m.workDropped.Inc()
+		c.errorReply(ridBytes(rid), "", storage.RateLimited, "server busy, retry")
+	}
+}
+
+// replyTo writes frame to c on its loop if c is still open. Safe from any
+// goroutine; frame must not be modified afterwards.
+func (s *Server) replyTo(c *conn, frame []byte) {
+	_ = c.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+		c.writeNow(frame)
+		return nil
+	}))
+}
+
+// replyErr answers a failed request. Safe from any goroutine.
+func (s *Server) replyErr(c *conn, rid string, err error) {
+	code, msg := storage.Internal, "internal error"
+	var se *storage.Error
+	if errors.As(err, &se) {
+		code, msg = se.Code, se.Msg
+	} else {
+		s.log.Error("request failed", "err", err)
+	}
+	s.m.errors.WithLabelValues(string(code)).Inc()
+	s.replyTo(c, textFrame(appendError(nil, ridBytes(rid), "", code, msg)))
+}
+
+// broadcastRead sends the read frame to every connection of the reader;
+// only the requesting connection gets the rid.
+func (s *Server) broadcastRead(req *conn, rid, conv string, seq, unread, total uint64) {
+	withRID := textFrame(appendRead(nil, ridBytes(rid), conv, seq, unread, total))
+	plain := withRID
+	if rid != "" {
+		plain = textFrame(appendRead(nil, nil, conv, seq, unread, total))
+	}
+	uid := req.uid
+	for _, lp := range s.allLoops() {
+		lp := lp
+		_ = lp.el.Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
+			for _, c := range lp.users[uid] {
+				if c == req {
+					c.writeNow(withRID)
+				} else {
+					c.writeNow(plain)
+				}
+			}
+			return nil
+		}))
+	}
+}

@@ -1,0 +1,390 @@
+package server
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// testServer is an in-process server on 127.0.0.1 ports chosen by the OS.
+type testServer struct {
+	t      testing.TB
+	cfg    Config
+	ws     string // host:port
+	http   string
+	cancel context.CancelFunc
+	done   chan error
+	signer *Signer
+}
+
+const testSecret = "test-secret-0123456789abcdef0123456789"
+
+func startServer(t testing.TB, mutate func(*Config)) *testServer {
+	t.Helper()
+	cfg := DefaultConfig()
+	cfg.Listen = "127.0.0.1:0"
+	cfg.HTTP = "127.0.0.1:0"
+	cfg.Data = t.TempDir()
+	cfg.Secret = testSecret
+	cfg.Fsync = false
+	cfg.Loops = 2
+	cfg.SendRate = 0
+	if mutate != nil {
+		mutate(&cfg)
+	}
+	if err := cfg.Validate(); err != nil {
+		t.Fatal(err)
+	}
+	ts := &testServer{t: t, cfg: cfg, done: make(chan error, 1), signer: NewSigner([]byte(testSecret), cfg.TokenTTL)}
+	ctx, cancel := context.WithCancel(context.Background())
+	ts.cancel = cancel
+	started := make(chan struct{})
+	go func() {
+		ts.done <- Run(ctx, cfg, Options{Stderr: io.Discard, Started: func(ws, h string) {
+			ts.ws, ts.http = ws, h
+			close(started)
+		}})
+	}()
+	select {
+	case <-started:
+	case err := <-ts.done:
+		t.Fatalf("server did not start: %v", err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("server did not start in 20s")
+	}
+	t.Cleanup(ts.stop)
+	return ts
+}
+
+func (ts *testServer) stop() {
+	if ts.cancel == nil {
+		return
+	}
+	ts.cancel()
+	ts.cancel = nil
+	select {
+	case err := <-ts.done:
+		if err != nil {
+			ts.t.Errorf("server shutdown: %v", err)
+		}
+	case <-time.After(15 * time.Second):
+		ts.t.Error("server did not shut down")
+	}
+}
+
+func (ts *testServer) url(q string) string {
+	u := "ws://" + ts.ws + "/ws"
+	if q != "" {
+		u += "?" + q
+	}
+	return u
+}
+
+func (ts *testServer) post(path string, body any) (int, map[string]any) {
+	ts.t.Helper()
+	b, _ := json.Marshal(body)
+	resp, err := http.Post("http://"+ts.http+path, "application/json", bytes.NewReader(b))
+	if err != nil {
+		ts.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var out map[string]any
+	_ = json.NewDecoder(resp.Body).Decode(&out)
+	return resp.StatusCode, out
+}
+
+// user registers name and returns its uid and a token.
+func (ts *testServer) user(name string) (uint64, string) {
+	ts.t.Helper()
+	code, out := ts.post("/api/register", map[string]string{"username": name, "password": "password1"})
+	if code != 201 {
+		ts.t.Fatalf("register %s: %d %v", name, code, out)
+	}
+	uid := uint64(out["uid"].(float64))
+	tok, _ := ts.signer.Mint(uid)
+	return uid, tok
+}
+
+// wsClient is a test client on gorilla/websocket with a reader goroutine.
+type wsClient struct {
+	t      testing.TB
+	c      *websocket.Conn
+	in     chan map[string]any
+	closed chan struct{}
+	mu     sync.Mutex
+	code   int // close code received
+}
+
+func dialWS(t testing.TB, url string) *wsClient {
+	t.Helper()
+	c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	if err != nil {
+		st := 0
+		if resp != nil {
+			st = resp.StatusCode
+		}
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, st)
+	}
+	wc := &wsClient{t: t, c: c, in: make(chan map[string]any, 4096), closed: make(chan struct{})}
+	c.SetCloseHandler(func(code int, text string) error {
+		wc.mu.Lock()
+		wc.code = code
+		wc.mu.Unlock()
+		return nil
+	})
+	go func() {
+		defer close(wc.closed)
+		for {
+			_, p, err := c.ReadMessage()
+			if err != nil {
+				if ce, ok := err.(*websocket.CloseError); ok {
+					wc.mu.Lock()
+					wc.code = ce.Code
+					wc.mu.Unlock()
+				}
+				return
+			}
+			var m map[string]any
+			if err := json.Unmarshal(p, &m); err != nil {
+				t.Errorf("server sent invalid JSON %q", p)
+				return
+			}
+			wc.in <- m
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return wc
+}
+
+// login dials with the token in the URL and waits for welcome.
+func login(t testing.TB, ts *testServer, tok string) *wsClient {
+	t.Helper()
+	c := dialWS(t, ts.url("token="+tok))
+	w := c.next()
+	if w["type"] != "welcome" {
+		t.Fatalf("want welcome, got %v", w)
+	}
+	return c
+}
+
+func (c *wsClient) send(v any) {
+	c.t.Helper()
+	var b []byte
+	switch x := v.(type) {
+	case string:
+		b = []byte(x)
+	default:
+		b, _ = json.Marshal(v)
+	}
+	if err := c.c.WriteMessage(websocket.TextMessage, b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+// next returns the next frame within 5 s.
+func (c *wsClient) next() map[string]any {
+	c.t.Helper()
+	select {
+	case m := <-c.in:
+		return m
+	case <-c.closed:
+		select {
+		case m := <-c.in:
+			return m
+		default:
+		}
+		c.t.Fatalf("connection closed (code %d) while waiting for a frame", c.closeCode())
+	case <-time.After(5 * time.Second):
+		c.t.Fatal("no frame within 5s")
+	}
+	return nil
+}
+
+// nextType skips frames until one of type typ.
+func (c *wsClient) nextType(typ string) map[string]any {
+	c.t.Helper()
+	for {
+		m := c.next()
+		if m["type"] == typ {
+			return m
+		}
+	}
+}
+
+// waitClose waits for the connection to close and returns the close code.
+func (c *wsClient) waitClose(within time.Duration) int {
+	c.t.Helper()
+	select {
+	case <-c.closed:
+		return c.closeCode()
+	case <-time.After(within):
+		c.t.Fatalf("connection not closed within %v", within)
+	}
+	return 0
+}
+
+func (c *wsClient) closeCode() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.code
+}
+
+// expectQuiet asserts that no frame arrives for d (used only to check that
+// something does NOT happen; never to wait for something that should).
+func (c *wsClient) expectQuiet(d time.Duration) {
+	c.t.Helper()
+	select {
+	case m := <-c.in:
+		c.t.Fatalf("unexpected frame %v", m)
+	case <-time.After(d):
+	}
+}
+
+func num(v any) uint64 {
+	f, _ := v.(float64)
+	return uint64(f)
+}
+
+// rawConn is a TCP connection for protocol-violation tests.
+type rawConn struct {
+	t testing.TB
+	net.Conn
+}
+
+func dialRaw(t testing.TB, addr string) *rawConn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &rawConn{t: t, Conn: c}
+}
+
+// upgrade performs a valid handshake on path with query q.
+func (r *rawConn) upgrade(q string) {
+	r.t.Helper()
+	path := "/ws"
+	if q != "" {
+		path += "?" + q
+	}
+	fmt.Fprintf(r, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path)
+	resp := r.readHTTP()
+	if !strings.HasPrefix(resp, "HTTP/1.1 101") {
+		r.t.Fatalf("upgrade failed: %q", resp)
+	}
+}
+
+// readHTTP reads one HTTP response head.
+func (r *rawConn) readHTTP() string {
+	r.t.Helper()
+	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b []byte
+	one := make([]byte, 1)
+	for !bytes.HasSuffix(b, []byte("\r\n\r\n")) {
+		if _, err := r.Read(one); err != nil {
+			return string(b)
+		}
+		b = append(b, one[0])
+	}
+	return string(b)
+}
+
+// frame writes a client frame (masked unless unmasked is set).
+func (r *rawConn) frame(fin bool, op byte, payload []byte, masked bool) {
+	r.t.Helper()
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	hdr := []byte{b0}
+	mbit := byte(0)
+	if masked {
+		mbit = 0x80
+	}
+	switch n := len(payload); {
+	case n < 126:
+		hdr = append(hdr, mbit|byte(n))
+	case n < 65536:
+		hdr = append(hdr, mbit|126, byte(n>>8), byte(n))
+	default:
+		hdr = append(hdr, mbit|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	p := append([]byte(nil), payload...)
+	if masked {
+		key := []byte{1, 2, 3, 4}
+		hdr = append(hdr, key...)
+		for i := range p {
+			p[i] ^= key[i%4]
+		}
+	}
+	if _, err := r.Write(append(hdr, p...)); err != nil {
+		r.t.Fatalf("write frame: %v", err)
+	}
+}
+
+// readFrame reads one server frame (unmasked) within 5 s.
+func (r *rawConn) readFrame() (op byte, payload []byte, err error) {
+	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	h := make([]byte, 2)
+	if _, err = io.ReadFull(r, h); err != nil {
+		return
+	}
+	op = h[0] & 0x0F
+	n := int(h[1] & 0x7F)
+	switch n {
+	case 126:
+		e := make([]byte, 2)
+		if _, err = io.ReadFull(r, e); err != nil {
+			return
+		}
+		n = int(e[0])<<8 | int(e[1])
+	case 127:
+		e := make([]byte, 8)
+		if _, err = io.ReadFull(r, e); err != nil {
+			return
+		}
+		n = 0
+		for _, x := range e {
+			n = n<<8 | int(x)
+		}
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(r, payload)
+	return
+}
+
+// expectClose reads frames until a close frame and returns its code, and
+// checks that TCP is closed afterwards.
+func (r *rawConn) expectClose() int {
+	r.t.Helper()
+	for {
+		op, p, err := r.readFrame()
+		if err != nil {
+			r.t.Fatalf("no close frame: %v", err)
+		}
+		if op == 8 {
+			code := 1005
+			if len(p) >= 2 {
+				code = int(p[0])<<8 | int(p[1])
+			}
+			_ = r.SetReadDeadline(time.Now().Add(2 * time.Second))
+			if _, err := r.Read(make([]byte, 1)); err == nil {
+				r.t.Errorf("data after close frame")
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				r.t.Errorf("TCP not closed within 2s after close frame")
+			}
+			return code
+		}
+	}
+}

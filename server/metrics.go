@@ -1,0 +1,82 @@
+package server
+
+import (
+	"strconv"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// metrics are Magpie's Prometheus series. Counters are atomic adds: safe
+// and cheap from any goroutine, event loops included.
+type metrics struct {
+	reg *prometheus.Registry
+
+	connsOpen     prometheus.Gauge
+	connsAccepted prometheus.Counter
+	onlineConns   prometheus.Gauge
+	onlineUsers   prometheus.Gauge
+	framesIn      prometheus.Counter
+	framesOut     prometheus.Counter
+	bytesIn       prometheus.Counter
+	bytesOut      prometheus.Counter
+	closes        *prometheus.CounterVec
+	closeByCode   map[uint16]prometheus.Counter
+
+	msgsStored  prometheus.Counter
+	pushes      prometheus.Counter
+	acks        prometheus.Counter
+	resends     prometheus.Counter
+	errors      *prometheus.CounterVec
+	batchSize   prometheus.Histogram
+	commitLat   prometheus.Histogram
+	syncLat     prometheus.Histogram
+	queueDepth  prometheus.GaugeFunc
+	handshakes  *prometheus.CounterVec
+	httpLogins  *prometheus.CounterVec
+	workDropped prometheus.Counter
+}
+
+var closeCodes = []uint16{1000, 1001, 1002, 1003, 1007, 1009, 4001, 4002, 4003, 4004, 4005, 4008, 4029}
+
+func newMetrics(queueDepth func() float64) *metrics {
+	m := &metrics{reg: prometheus.NewRegistry()}
+	m.connsOpen = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_connections_open", Help: "TCP connections open on the WebSocket listener."})
+	m.connsAccepted = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_connections_accepted_total", Help: "TCP connections accepted."})
+	m.onlineConns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_online_connections", Help: "Authenticated WebSocket connections."})
+	m.onlineUsers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_online_users", Help: "Users with at least one authenticated connection."})
+	m.framesIn = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_frames_in_total", Help: "WebSocket frames received."})
+	m.framesOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_frames_out_total", Help: "WebSocket frames sent (each push to each connection counts)."})
+	m.bytesIn = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_bytes_in_total", Help: "Bytes received on WebSocket connections."})
+	m.bytesOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_bytes_out_total", Help: "Bytes written to WebSocket connections."})
+	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_closes_total", Help: "WebSocket closes sent by the server, by close code."}, []string{"code"})
+	m.closeByCode = make(map[uint16]prometheus.Counter, len(closeCodes))
+	for _, c := range closeCodes {
+		m.closeByCode[c] = m.closes.WithLabelValues(strconv.Itoa(int(c)))
+	}
+	m.msgsStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_messages_stored_total", Help: "Messages committed to the store."})
+	m.pushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_pushes_total", Help: "First transmissions of msg frames to connections."})
+	m.acks = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_acks_total", Help: "Pushes acknowledged."})
+	m.resends = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_resends_total", Help: "msg frames sent again after the ACK timeout."})
+	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_error_frames_total", Help: "error frames sent, by code."}, []string{"code"})
+	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "magpie_commit_batch_size", Help: "Operations per commit batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)})
+	m.commitLat = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "magpie_commit_seconds", Help: "Commit latency of a batch, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
+	m.syncLat = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "magpie_fsync_seconds", Help: "fsync latency of a batch.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
+	m.queueDepth = prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "magpie_committer_queue_depth", Help: "Operations waiting for the committer."}, queueDepth)
+	m.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_handshakes_total", Help: "WebSocket handshakes by HTTP status."}, []string{"status"})
+	m.httpLogins = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_logins_total", Help: "Login attempts by result."}, []string{"result"})
+	m.workDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_work_rejected_total", Help: "Requests answered rate_limited because the worker queue was full."})
+	m.reg.MustRegister(m.connsOpen, m.connsAccepted, m.onlineConns, m.onlineUsers, m.framesIn, m.framesOut,
+		m.bytesIn, m.bytesOut, m.closes, m.msgsStored, m.pushes, m.acks, m.resends, m.errors, m.batchSize,
+		m.commitLat, m.syncLat, m.queueDepth, m.handshakes, m.httpLogins, m.workDropped,
+		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	return m
+}
+
+func (m *metrics) closed(code uint16) {
+	if c, ok := m.closeByCode[code]; ok {
+		c.Inc()
+		return
+	}
+	m.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
+}
