@@ -669,7 +669,8 @@ func (c *Client) handleFrame(s *session, f *inFrame) {
 		if r.fn != nil {
 			r.fn(f)
 		} else {
-			r.ch <- reqResult{f: f}
+			cp := *f // f is reused by the reader
+			r.ch <- reqResult{f: &cp}
 		}
 		return
 	}

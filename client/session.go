@@ -313,13 +313,19 @@ func (s *session) readLoop() error {
 		if _, err := buf.ReadFrom(r); err != nil {
 			return err
 		}
-		*f = inFrame{}
-		if err := json.Unmarshal(buf.Bytes(), f); err != nil {
-			s.c.opts.Logger.Warn("magpie: undecodable frame", "err", err)
-			continue
-		}
-		s.c.handleFrame(s, f)
+		s.process(buf.Bytes(), f)
 	}
+}
+
+// process decodes one received text message into f (reused across calls:
+// handlers that keep a frame copy it) and handles it.
+func (s *session) process(data []byte, f *inFrame) {
+	*f = inFrame{}
+	if err := json.Unmarshal(data, f); err != nil {
+		s.c.opts.Logger.Warn("magpie: undecodable frame", "err", err)
+		return
+	}
+	s.c.handleFrame(s, f)
 }
 
 // closeNormal starts the closing handshake with 1000; the reader returns
