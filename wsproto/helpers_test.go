@@ -137,10 +137,20 @@ type result struct {
 func feed(p *Parser, chunks [][]byte, fail func(format string, args ...any)) result {
 	var r result
 	var pending []byte
+	// A frame the parser may wait for is at most this long; with more
+	// bytes buffered, Next must make progress or fail.
+	limit := p.MaxMessage
+	if limit <= 0 {
+		limit = DefaultMaxMessage
+	}
+	limit += MaxHeaderSize
 	for _, c := range chunks {
 		pending = append(pending, c...)
 		for {
-			before := string(pending)
+			var before string
+			if len(pending) < limit {
+				before = string(pending) // kept small: no quadratic copying
+			}
 			f, n, err := p.Next(pending)
 			if n < 0 || n > len(pending) {
 				fail("Next returned n=%d for %d buffered bytes", n, len(pending))
@@ -166,7 +176,9 @@ func feed(p *Parser, chunks [][]byte, fail func(format string, args ...any)) res
 				if f.Op != 0 || f.Payload != nil {
 					fail("Next returned an event %v with n == 0", f)
 				}
-				if string(pending) != before {
+				if len(pending) >= limit {
+					fail("Next waits for more bytes with %d buffered (limit %d)", len(pending), p.MaxMessage)
+				} else if string(pending) != before {
 					fail("Next modified buf while asking for more bytes")
 				}
 				break
