@@ -1,0 +1,5 @@
+package wheel
+
+import "unsafe"
+
+const sizeofTimer = unsafe.Sizeof(Timer{})
