@@ -12,6 +12,12 @@ package storage
 import (
 	"errors"
 	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/cockroachdb/pebble/v2"
+	"github.com/cockroachdb/pebble/v2/vfs"
 )
 
 // Code is an error code of PROTOCOL §4.
@@ -57,21 +63,101 @@ type Options struct {
 	// order). It must not block for long and must not keep the slice (the
 	// *Send values may be kept).
 	OnSent func(batch []*Send)
+	// OnSent receives every submitted *Send exactly once: stored ones, Dup
+	// ones, and rejected ones (Err set; after a failed commit, Internal).
+	//
+	// OnCommit, when set, is called on the committer goroutine after every
+	// commit, before OnSent: batchSize is the number of operations in the
+	// batch (sends, read marks, or 1 for any other write), commitDur the
+	// time from taking the batch's first operation off the queue to the
+	// commit being durable, syncDur the part of it Pebble spent waiting for
+	// the WAL write and fsync. It must not block. Meant for histograms
+	// (commit batch size, commit and fsync latency). The default is nil.
+	OnCommit func(batchSize int, commitDur, syncDur time.Duration)
 	// Logger; the default is slog.Default().
 	Logger *slog.Logger
+
+	// Test hooks.
+	fs       vfs.FS       // the filesystem under Pebble; nil means the OS
+	clock    func() int64 // Unix ms; nil means time.Now
+	noCommit bool         // don't start the committer (benchmarks drive it)
 }
 
 // Store is the open database. Its methods are safe for concurrent use.
-type Store struct{}
+type Store struct {
+	o   Options
+	log *slog.Logger
+	db  *pebble.DB
+
+	// mu guards the published metadata (state.go): readers hold it shared,
+	// the committer exclusively while publishing a durable batch.
+	mu      sync.RWMutex
+	users   map[uint64]*user
+	names   map[string]*user // by lower-cased name
+	byUID   []*user          // ascending uid
+	groups  map[uint64]*group
+	convs   map[convKey]*conv // direct conversations
+	nextUID uint64            // committer only
+	nextGID uint64            // committer only
+	demoGID uint64            // committer only
+
+	// qmu orders Submit against Close: Close flips closed while holding it
+	// exclusively, so no Submit can queue after the committer's final drain.
+	qmu       sync.RWMutex
+	closed    bool
+	q         chan *Send
+	ctl       chan *request // blocking operations
+	quit      chan struct{} // closed by Close
+	stopped   chan struct{} // closed when the committer has drained and exited
+	closeOnce sync.Once
+	closeErr  error
+
+	c      committer   // the batch in preparation; committer only
+	broken atomic.Bool // a commit hit a Pebble fatal error
+	st     counters
+}
 
 // Open opens (creating if needed) the Pebble database in dir and loads the
 // hot metadata. Errors (for example a read-only dir) are returned, never
 // half-opened.
-func Open(dir string, o Options) (*Store, error) { panic("unimplemented") }
+func Open(dir string, o Options) (*Store, error) { return open(dir, o) }
 
 // Close stops taking new work, commits everything already submitted (OnSent
-// is still called for it), and closes the database.
-func (s *Store) Close() error { panic("unimplemented") }
+// is still called for it), and closes the database. Blocking calls that
+// race with Close get *Error RateLimited, like Submit. Close is idempotent.
+func (s *Store) Close() error { return s.close() }
+
+// Stats is a snapshot of the committer's counters, for /metrics.
+type Stats struct {
+	QueueLen     int    // sends waiting for the committer
+	QueueCap     int    // Options.QueueSize
+	CtlLen       int    // blocking operations waiting for the committer
+	Batches      uint64 // commits (sends/read-mark batches and other writes)
+	Stored       uint64 // messages stored
+	Dups         uint64 // sends answered with the original (Dup)
+	Rejected     uint64 // sends answered with an error by the committer
+	RateLimited  uint64 // Submit calls refused (queue full or closing)
+	CommitErrors uint64 // failed commits
+}
+
+// Stats returns the current counters. Safe for concurrent use; cheap.
+func (s *Store) Stats() Stats {
+	return Stats{
+		QueueLen:     len(s.q),
+		QueueCap:     cap(s.q),
+		CtlLen:       len(s.ctl),
+		Batches:      s.st.batches.Load(),
+		Stored:       s.st.stored.Load(),
+		Dups:         s.st.dups.Load(),
+		Rejected:     s.st.failed.Load(),
+		RateLimited:  s.st.rateLimited.Load(),
+		CommitErrors: s.st.commitErrors.Load(),
+	}
+}
+
+type counters struct {
+	batches, stored, dups, failed, rateLimited, commitErrors atomic.Uint64
+}
 
 // User is an account.
 type User struct {
@@ -81,22 +167,36 @@ type User struct {
 }
 
 // CreateUser stores a new user. Names are unique without regard to case.
-func (s *Store) CreateUser(name string, hash []byte) (uint64, error) { panic("unimplemented") }
+func (s *Store) CreateUser(name string, hash []byte) (uint64, error) {
+	r := &request{kind: reqCreateUser, name: name, hash: hash}
+	if err := s.do(r); err != nil {
+		return 0, err
+	}
+	return r.id, nil
+}
 
 // ImportUsers creates every user of us that does not exist yet (by name,
 // any case) in few large batches, and returns the uid of each, in order.
 // It exists for `magpie user import` (bench set-up of 19,000 users).
-func (s *Store) ImportUsers(us []User) ([]uint64, error) { panic("unimplemented") }
+func (s *Store) ImportUsers(us []User) ([]uint64, error) {
+	r := &request{kind: reqImportUsers, users: us}
+	if err := s.do(r); err != nil {
+		return nil, err
+	}
+	return r.ids, nil
+}
 
 // UserByName looks a user up without regard to case.
-func (s *Store) UserByName(name string) (User, bool) { panic("unimplemented") }
+func (s *Store) UserByName(name string) (User, bool) { return s.userByName(name) }
 
 // UserByID looks a user up by uid.
-func (s *Store) UserByID(uid uint64) (User, bool) { panic("unimplemented") }
+func (s *Store) UserByID(uid uint64) (User, bool) { return s.userByID(uid) }
 
 // Users lists users with uid > after whose name starts with prefix (any
 // case), ordered by uid, at most limit.
-func (s *Store) Users(prefix string, after uint64, limit int) []User { panic("unimplemented") }
+func (s *Store) Users(prefix string, after uint64, limit int) []User {
+	return s.userList(prefix, after, limit)
+}
 
 // Message is a stored message.
 type Message struct {
@@ -136,7 +236,7 @@ type Send struct {
 // Submit queues m for the committer without blocking. It returns an *Error
 // with RateLimited when the queue is full or the store is closing; then
 // nothing is stored and OnSent is never called for m.
-func (s *Store) Submit(m *Send) error { panic("unimplemented") }
+func (s *Store) Submit(m *Send) error { return s.submit(m) }
 
 // HistoryQuery selects a page of one conversation.
 type HistoryQuery struct {
@@ -152,7 +252,7 @@ type HistoryQuery struct {
 // the requested direction (for the newest page: older ones). Errors:
 // BadRequest (malformed conv), NotFound, NotMember (PROTOCOL §4, §5).
 func (s *Store) History(uid uint64, q HistoryQuery) ([]Message, bool, error) {
-	panic("unimplemented")
+	return s.history(uid, q)
 }
 
 // ConvItem is one entry of the conversation list.
@@ -169,12 +269,12 @@ type ConvItem struct {
 
 // Convs lists every group uid is a member of and every direct conversation
 // with at least one message, sorted per PROTOCOL §4, and total_unread.
-func (s *Store) Convs(uid uint64) ([]ConvItem, uint64, error) { panic("unimplemented") }
+func (s *Store) Convs(uid uint64) ([]ConvItem, uint64, error) { return s.convList(uid) }
 
 // MarkRead sets read_seq = max(read_seq, min(seq, last_seq)) and returns the
 // resulting read_seq, the conversation's unread and the user's total_unread.
 func (s *Store) MarkRead(uid uint64, conv string, seq uint64) (readSeq, unread, total uint64, err error) {
-	panic("unimplemented")
+	return s.markRead(uid, conv, seq)
 }
 
 // GroupInfo answers every group request.
@@ -189,30 +289,50 @@ type GroupInfo struct {
 // CreateGroup creates a group of creator plus members (duplicates ignored;
 // an unknown uid: NotFound, nothing created).
 func (s *Store) CreateGroup(creator uint64, name string, members []uint64) (GroupInfo, error) {
-	panic("unimplemented")
+	if e := validGroupName(name); e != nil {
+		return GroupInfo{}, e
+	}
+	r := &request{kind: reqCreateGroup, uid: creator, name: name, members: members}
+	if err := s.do(r); err != nil {
+		return GroupInfo{}, err
+	}
+	return r.info, nil
 }
 
 // JoinGroup adds uid (idempotent); the joiner's read_seq starts at last_seq.
-func (s *Store) JoinGroup(uid, gid uint64) (GroupInfo, error) { panic("unimplemented") }
+func (s *Store) JoinGroup(uid, gid uint64) (GroupInfo, error) {
+	r := &request{kind: reqJoinGroup, uid: uid, gid: gid}
+	if err := s.do(r); err != nil {
+		return GroupInfo{}, err
+	}
+	return r.info, nil
+}
 
 // LeaveGroup removes uid (NotMember if not a member).
-func (s *Store) LeaveGroup(uid, gid uint64) (GroupInfo, error) { panic("unimplemented") }
+func (s *Store) LeaveGroup(uid, gid uint64) (GroupInfo, error) {
+	r := &request{kind: reqLeaveGroup, uid: uid, gid: gid}
+	if err := s.do(r); err != nil {
+		return GroupInfo{}, err
+	}
+	return r.info, nil
+}
 
 // GroupMembers lists members with uid > after, ascending, at most limit.
 func (s *Store) GroupMembers(uid, gid, after uint64, limit int) (GroupInfo, error) {
-	panic("unimplemented")
+	return s.groupMembers(uid, gid, after, limit)
 }
 
 // EnsureDemo creates what is missing of users alice, bob, carol (password
 // hash from hash("password")) and a group "lobby" with all three. Idempotent.
-func (s *Store) EnsureDemo(hash func(password string) []byte) error { panic("unimplemented") }
+func (s *Store) EnsureDemo(hash func(password string) []byte) error {
+	// Hash outside the committer (bcrypt is slow), only for missing users.
+	r := &request{kind: reqDemo, demo: make(map[string][]byte)}
+	for _, name := range demoNames {
+		if _, ok := s.UserByName(name); !ok {
+			r.demo[name] = hash("password")
+		}
+	}
+	return s.do(r)
+}
 
-// ParseConv parses a conversation id; ok is false when it is malformed.
-// For "d:a:b", a < b; for "g:gid", a = gid, b = 0.
-func ParseConv(conv string) (group bool, a, b uint64, ok bool) { panic("unimplemented") }
-
-// DirectConv returns "d:min:max".
-func DirectConv(x, y uint64) string { panic("unimplemented") }
-
-// GroupConv returns "g:gid".
-func GroupConv(gid uint64) string { panic("unimplemented") }
+// ParseConv, DirectConv and GroupConv are in keys.go.

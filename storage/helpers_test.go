@@ -1,0 +1,154 @@
+package storage
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"sync"
+	"testing"
+)
+
+// tstore is a Store under test whose OnSent answers each Send through its
+// Tag (a chan struct{}), so a test can wait for exactly its own sends.
+type tstore struct {
+	*Store
+	t   testing.TB
+	dir string
+	o   Options
+
+	mu      sync.Mutex
+	batches [][]Send // copies of every OnSent batch
+}
+
+func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
+
+func openT(t testing.TB, dir string, o Options) *tstore {
+	t.Helper()
+	ts := &tstore{t: t, dir: dir, o: o}
+	user := o.OnSent
+	o.OnSent = func(batch []*Send) {
+		cp := make([]Send, len(batch))
+		for i, m := range batch {
+			cp[i] = *m
+		}
+		ts.mu.Lock()
+		ts.batches = append(ts.batches, cp)
+		ts.mu.Unlock()
+		if user != nil {
+			user(batch)
+		}
+		for _, m := range batch {
+			if ch, ok := m.Tag.(chan struct{}); ok {
+				close(ch)
+			}
+		}
+	}
+	if o.Logger == nil {
+		o.Logger = quietLogger()
+	}
+	s, err := Open(dir, o)
+	if err != nil {
+		t.Fatalf("Open: %v", err)
+	}
+	ts.Store = s
+	t.Cleanup(func() { _ = s.Close() })
+	return ts
+}
+
+func newT(t testing.TB) *tstore {
+	return openT(t, t.TempDir(), Options{})
+}
+
+// reopen closes the store and opens the same directory again.
+func (ts *tstore) reopen() *tstore {
+	ts.t.Helper()
+	if err := ts.Close(); err != nil {
+		ts.t.Fatalf("Close: %v", err)
+	}
+	return openT(ts.t, ts.dir, ts.o)
+}
+
+// send submits m and waits for its result.
+func (ts *tstore) send(m *Send) *Send {
+	ts.t.Helper()
+	done := make(chan struct{})
+	m.Tag = done
+	if err := ts.Submit(m); err != nil {
+		ts.t.Fatalf("Submit: %v", err)
+	}
+	<-done
+	return m
+}
+
+// sendOK sends and requires success (a new message).
+func (ts *tstore) sendOK(from uint64, cmid string, to, group uint64, body string) Message {
+	ts.t.Helper()
+	m := ts.send(&Send{From: from, CMID: cmid, To: to, Group: group, Body: body})
+	if m.Err != nil || m.Dup {
+		ts.t.Fatalf("send %s: err %v dup %v", cmid, m.Err, m.Dup)
+	}
+	return m.Msg
+}
+
+func (ts *tstore) user(name string) uint64 {
+	ts.t.Helper()
+	uid, err := ts.CreateUser(name, []byte("hash-"+name))
+	if err != nil {
+		ts.t.Fatalf("CreateUser %s: %v", name, err)
+	}
+	return uid
+}
+
+func (ts *tstore) group(creator uint64, name string, members ...uint64) uint64 {
+	ts.t.Helper()
+	gi, err := ts.CreateGroup(creator, name, members)
+	if err != nil {
+		ts.t.Fatalf("CreateGroup %s: %v", name, err)
+	}
+	return gi.ID
+}
+
+// all returns the whole history of conv.
+func (ts *tstore) all(uid uint64, conv string) []Message {
+	ts.t.Helper()
+	var out []Message
+	var after uint64
+	for {
+		ms, more, err := ts.History(uid, HistoryQuery{Conv: conv, After: after, HasAfter: true, Limit: 200})
+		if err != nil {
+			ts.t.Fatalf("History %s: %v", conv, err)
+		}
+		out = append(out, ms...)
+		if !more {
+			return out
+		}
+		after = ms[len(ms)-1].Seq
+	}
+}
+
+func codeOf(err error) Code {
+	var e *Error
+	if errors.As(err, &e) {
+		return e.Code
+	}
+	if err == nil {
+		return ""
+	}
+	return Code(fmt.Sprintf("non-storage error: %v", err))
+}
+
+func wantCode(t testing.TB, what string, err error, want Code) {
+	t.Helper()
+	if got := codeOf(err); got != want {
+		t.Fatalf("%s: got code %q (%v), want %q", what, got, err, want)
+	}
+}
+
+func seqs(ms []Message) []uint64 {
+	out := make([]uint64, len(ms))
+	for i, m := range ms {
+		out[i] = m.Seq
+	}
+	return out
+}
