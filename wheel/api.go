@@ -6,8 +6,10 @@
 //	New(Options) *Wheel; (*Wheel).Start(); (*Wheel).Stop(); (*Wheel).Now() int64
 //	(*Timer).Init(w, fire func()); (*Timer).Set(at int64); (*Timer).Stop()
 //
-// Additions: (*Wheel).Live() int (armed timers, for leak tests and metrics)
-// and (*Wheel).Advance() int (drives expiry by hand when Options.Clock is set).
+// Additions: (*Wheel).Live() int (armed timers, for leak tests and metrics),
+// (*Wheel).ClockStalls() uint64 (a metric: times Now fell behind the real
+// time), (*Wheel).Advance() int (drives expiry by hand when Options.Clock is
+// set), Options.EnsureDefaults and Options.Validate.
 //
 // Touching a connection on traffic is `t.Set(w.Now() + idle)`: when the new
 // deadline is not earlier than the scheduled wheel expiry this is one atomic
@@ -45,8 +47,10 @@
 // Now is a coarse clock: an atomic load of a value that the clock goroutine
 // stores every Tick, set one Tick past the next Tick boundary. It is never
 // behind the real time as long as that goroutine runs less than about 3/4
-// Tick late, and at most 2 Ticks ahead; a deadline `Now() + d` on the Tick
-// grid then fires between d+1 and d+2 Ticks after the event.
+// Tick late (ClockStalls counts the times it was later), and at most 2 Ticks
+// ahead; a deadline `Now() + d` with d a whole number of Ticks then fires
+// between d+1 and d+2 Ticks after the event, plus the scheduling delay of the
+// expiry goroutine.
 //
 // # Concurrency
 //
@@ -156,6 +160,7 @@ type Wheel struct {
 	quit      chan struct{} // closes to stop the clock goroutine
 	done      chan struct{} // closed by the clock goroutine when it returns
 	skew      int64         // wall − wheel clock at the last check; clock goroutine only
+	stalls    atomic.Uint64 // see ClockStalls
 
 	// Manual mode: slots waiting for Advance. Guarded by mmu; taken after
 	// a shard lock, never before one.
@@ -268,6 +273,13 @@ func (w *Wheel) Live() int {
 	}
 	return n
 }
+
+// ClockStalls returns how many times the goroutine advancing Now woke so late
+// (more than about 3/4 Tick: an overloaded machine, a stop-the-world pause)
+// that Now fell behind the real time in between; a deadline computed from Now
+// then may have been early by up to the stall. Export it as a metric; it
+// should stay 0. Safe from any goroutine.
+func (w *Wheel) ClockStalls() uint64 { return w.stalls.Load() }
 
 // Advance runs, on the calling goroutine, every expiry that is due at the
 // injected Clock's current time, including the fire calls, and returns how

@@ -24,6 +24,10 @@ func (w *Wheel) runClock() {
 	for {
 		tn := time.Now()
 		r := w.baseNs + int64(tn.Sub(w.base))
+		if r > w.now.Load() {
+			// We woke so late that Now was behind the real time for a while.
+			w.stalls.Add(1)
+		}
 		w.now.Store(roundUp(r, w.tick) + w.tick)
 		if skew := tn.UnixNano() - r; skew-w.skew > w.tick/2 || w.skew-skew > w.tick/2 {
 			w.skew = skew
