@@ -1,5 +1,5 @@
 // Magpie chat UI on the JS SDK. Every piece of user data reaches the DOM
-// through textContent or attributes, never innerHTML.
+// through textContent or attributes, never through the HTML parser.
 import { MagpieAPI, MagpieClient, APIError, directConv, groupConv, parseConv, randomId } from "./sdk/magpie.js";
 
 const api = new MagpieAPI();
@@ -110,7 +110,7 @@ function hueOf(s) {
 function setAvatar(node, label, isGroup) {
   const text = String(label || "?").trim();
   const parts = text.split(/[\s_.-]+/).filter(Boolean);
-  const initials = parts.length > 1 ? [...parts[0]][0] + [...parts[1]][0] : [...text].slice(0, 2).join("");
+  const initials = parts.length > 1 ? [...parts[0]][0] + [...parts[1]][0] : [...text].slice(0, 1).join("");
   node.textContent = initials || "?";
   node.style.setProperty("--hue", String(hueOf(text)));
   node.classList.toggle("group", !!isGroup);
@@ -309,12 +309,14 @@ function renderConn(state) {
 function scheduleRender() {
   if (S.renderQueued) return;
   S.renderQueued = true;
-  requestAnimationFrame(() => {
+  // A timer, not requestAnimationFrame: hidden tabs get no frames, and the
+  // title's unread count must still follow.
+  setTimeout(() => {
     S.renderQueued = false;
     renderLists();
     renderChatHeader();
     scheduleRead();
-  });
+  }, 16);
 }
 
 function renderLists() {
