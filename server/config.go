@@ -38,6 +38,7 @@ type Config struct {
 	Workers       int           // --workers; pool for blocking requests, default 4 × GOMAXPROCS
 	WorkQueue     int           // --work-queue; bound of that pool's queue, default 16384
 	LogLevel      string        // --log-level; default "info"
+	Pprof         bool          // --pprof; default false: serve net/http/pprof under /debug/pprof/ on --http
 }
 
 // DefaultConfig returns the defaults of PROTOCOL §12.
@@ -97,6 +98,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines serving blocking requests (history, convs, groups, read)")
 	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
+	fs.BoolVar(&c.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http (for profiling; keep off in production)")
 	if err := fs.Parse(args); err != nil {
 		return c, err
 	}
