@@ -325,7 +325,10 @@ func TestDeadPeer(t *testing.T) {
 		defer mu.Unlock()
 		return mute
 	})
-	c, r := newTestClient(t, fs, 1, func(o *Options) { o.WSURL = "ws://" + proxyAddr + "/ws" })
+	c, r := newTestClient(t, fs, 1, func(o *Options) {
+		o.WSURL = "ws://" + proxyAddr + "/ws"
+		o.HandshakeTimeout = 300 * time.Millisecond // a dial into the black hole gives up soon
+	})
 	_ = c
 	// Idle for a few heartbeats: pings keep it alive.
 	time.Sleep(700 * time.Millisecond) // letting heartbeats run is the point here

@@ -1,0 +1,141 @@
+package client
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/magpie-im/magpie/internal/testserver"
+)
+
+// Tests in this file run against a real `magpie serve` child process
+// (internal/testserver): the SDK's protocol is checked against the server,
+// not against the in-process fake.
+
+// demoClient connects a demo user (alice, bob, carol; password "password").
+func demoClient(t *testing.T, srv *testserver.Server, user string, mod func(*Options)) (*Client, *recorder) {
+	t.Helper()
+	r := &recorder{}
+	o := Options{
+		Server:    srv.HTTPURL(),
+		Username:  user,
+		Password:  "password",
+		Backoff:   Backoff{First: 200 * time.Millisecond, Max: 2 * time.Second},
+		OnMessage: r.onMessage,
+		OnState:   r.onState,
+	}
+	if mod != nil {
+		mod(&o)
+	}
+	c, err := New(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := c.Connect(ctx); err != nil {
+		t.Fatalf("connect %s: %v\n%s", user, err, srv.Logs())
+	}
+	return c, r
+}
+
+func TestRealServerBasics(t *testing.T) {
+	srv := testserver.Start(t, "--demo")
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	alice, ra := demoClient(t, srv, "alice", nil)
+	bob, rb := demoClient(t, srv, "bob", func(o *Options) { o.AuthFrame = true; o.Device = "laptop" })
+	users, err := alice.ListUsers(ctx, UsersQuery{Prefix: "b"})
+	if err != nil || len(users) != 1 || users[0].Username != "bob" {
+		t.Fatalf("users: %v %v", users, err)
+	}
+	bobID := users[0].UID
+	if bob.UID() != bobID {
+		t.Fatalf("bob uid %d vs %d", bob.UID(), bobID)
+	}
+	conv := DirectConv(alice.UID(), bobID)
+	for i := 1; i <= 5; i++ {
+		s, err := alice.SendTo(ctx, bobID, fmt.Sprintf("m%d", i))
+		if err != nil || s.Conv != conv || s.Seq != int64(i) {
+			t.Fatalf("send %d: %+v %v", i, s, err)
+		}
+	}
+	waitFor(t, 10*time.Second, "bob gets 5", func() bool { return len(rb.seqs(conv)) == 5 })
+	if got := rb.bodies(conv); !slices.Equal(got, wantBodies("m", 1, 5)) {
+		t.Fatalf("bob got %v", got)
+	}
+	list, err := bob.Convs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var lobby int64
+	for _, it := range list.Items {
+		if it.Conv == conv && it.Unread != 5 {
+			t.Errorf("unread %d", it.Unread)
+		}
+		if it.Name == "lobby" {
+			lobby = it.Group
+		}
+	}
+	if lobby == 0 {
+		t.Fatalf("no lobby in %+v", list)
+	}
+	rm, err := bob.MarkRead(ctx, conv, 3)
+	if err != nil || rm.Seq != 3 || rm.Unread != 2 {
+		t.Fatalf("read: %+v %v", rm, err)
+	}
+	page, err := bob.HistoryBefore(ctx, conv, 5, 2)
+	if err != nil || len(page.Messages) != 2 || page.Messages[0].Seq != 3 || !page.More {
+		t.Fatalf("history before: %+v %v", page, err)
+	}
+	page, err = bob.HistoryLatest(ctx, conv, 2)
+	if err != nil || len(page.Messages) != 2 || page.Messages[1].Seq != 5 {
+		t.Fatalf("history latest: %+v %v", page, err)
+	}
+	// Errors are typed.
+	_, err = bob.HistoryAfter(ctx, "d:0:1", 0, 10)
+	if e, ok := err.(*Error); !ok || e.Code != CodeBadRequest {
+		t.Fatalf("bad conv: %v", err)
+	}
+	_, err = bob.SendTo(ctx, bobID, "self")
+	if e, ok := err.(*Error); !ok || e.Code != CodeBadRequest {
+		t.Fatalf("send to self: %v", err)
+	}
+	// Groups.
+	g, err := alice.CreateGroup(ctx, "team", []int64{bobID})
+	if err != nil || g.Count != 2 || len(g.Members) != 2 {
+		t.Fatalf("create: %+v %v", g, err)
+	}
+	if _, err := alice.SendGroup(ctx, g.ID, "before carol"); err != nil {
+		t.Fatal(err)
+	}
+	carol, rc := demoClient(t, srv, "carol", nil)
+	jg, err := carol.JoinGroup(ctx, g.ID)
+	if err != nil || jg.Count != 3 {
+		t.Fatalf("join: %+v %v", jg, err)
+	}
+	if _, err := alice.SendGroup(ctx, g.ID, "after carol"); err != nil {
+		t.Fatal(err)
+	}
+	gconv := GroupConv(g.ID)
+	waitFor(t, 10*time.Second, "group message", func() bool { return len(rc.seqs(gconv)) == 1 && len(rb.seqs(gconv)) == 2 })
+	if got := rc.bodies(gconv); !slices.Equal(got, []string{"after carol"}) {
+		t.Fatalf("carol got %v", got)
+	}
+	mg, err := carol.GroupMembers(ctx, g.ID, 0, 10)
+	if err != nil || mg.Count != 3 || len(mg.Members) != 3 {
+		t.Fatalf("members: %+v %v", mg, err)
+	}
+	if _, err := carol.LeaveGroup(ctx, g.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := carol.LeaveGroup(ctx, g.ID); err == nil {
+		t.Fatal("second leave succeeded")
+	} else if e, ok := err.(*Error); !ok || e.Code != CodeNotMember {
+		t.Fatalf("second leave: %v", err)
+	}
+	_ = ra
+}
