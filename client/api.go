@@ -48,6 +48,10 @@ func (c *Client) Send(ctx context.Context, m Outgoing) (Sent, error) {
 		cmid:  m.CMID,
 		frame: mustJSON(sendFrame{Type: "send", CMID: m.CMID, To: m.To, Group: m.Group, Body: m.Body, Kind: m.Kind}),
 		done:  make(chan struct{}),
+		msg:   Message{Kind: m.Kind, Body: m.Body, CMID: m.CMID},
+	}
+	if ps.msg.Kind == "" {
+		ps.msg.Kind = "text"
 	}
 	c.mu.Lock()
 	if err := c.usableLocked(); err != nil {

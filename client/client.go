@@ -132,6 +132,7 @@ type event struct {
 type pendingSend struct {
 	cmid   string
 	frame  []byte
+	msg    Message // kind, body, cmid: delivered to OnMessage after `sent`
 	order  uint64
 	done   chan struct{}
 	res    Sent
@@ -647,6 +648,20 @@ func (c *Client) handleFrame(s *session, f *inFrame) {
 		if ps := c.sends[f.CMID]; ps != nil {
 			delete(c.sends, f.CMID)
 			ps.finish(Sent{CMID: f.CMID, Conv: f.Conv, Seq: f.Seq, TS: f.TS}, nil)
+			// The sender's own message is part of the conversation: it is
+			// delivered in seq order like the others, without waiting for a
+			// gap fill to bring it back.
+			if f.Conv != "" && f.Seq > 0 {
+				m := ps.msg
+				m.Conv, m.Seq, m.From, m.TS = f.Conv, f.Seq, c.uid, f.TS
+				t := c.track(f.Conv)
+				out := t.offer(m, c.scratch[:0])
+				c.acceptLocked(out)
+				c.scratch = out[:0]
+				if t.gap() && !t.fetching && c.sess == s {
+					c.fetchLocked(s, f.Conv, t)
+				}
+			}
 			return
 		}
 	case "pong", "welcome":

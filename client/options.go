@@ -80,7 +80,8 @@ type Options struct {
 	Positions map[string]int64
 
 	// OnMessage receives every message exactly once, in seq order per
-	// conversation. Callbacks run one at a time on one goroutine, in the
+	// conversation, the user's own included: messages sent by this client
+	// (after their `sent`) and by the user's other connections. Callbacks run one at a time on one goroutine, in the
 	// order of events; a message is acked after OnMessage returns, so a
 	// slow handler slows the server's pushes. Callbacks may call any Client
 	// method except Close.

@@ -67,6 +67,11 @@ func TestRealServerBasics(t *testing.T) {
 	if got := rb.bodies(conv); !slices.Equal(got, wantBodies("m", 1, 5)) {
 		t.Fatalf("bob got %v", got)
 	}
+	// The sender's application gets its own messages too, in seq order.
+	waitFor(t, 10*time.Second, "alice gets her own 5", func() bool { return len(ra.seqs(conv)) == 5 })
+	if got := ra.bodies(conv); !slices.Equal(got, wantBodies("m", 1, 5)) {
+		t.Fatalf("alice got %v", got)
+	}
 	list, err := bob.Convs(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -137,5 +142,4 @@ func TestRealServerBasics(t *testing.T) {
 	} else if e, ok := err.(*Error); !ok || e.Code != CodeNotMember {
 		t.Fatalf("second leave: %v", err)
 	}
-	_ = ra
 }

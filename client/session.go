@@ -158,9 +158,9 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	token, wsURL := c.token, c.wsURL
 	c.mu.Unlock()
 	if token == "" || wsURL == "" {
-		lctx, cancel := context.WithTimeout(ctx, c.opts.HandshakeTimeout)
-		res, err := Login(lctx, c.opts.HTTPClient, c.opts.Server, c.opts.Username, c.opts.Password)
-		cancel()
+		// Bounded by Options.HTTPClient's timeout, not HandshakeTimeout:
+		// the server hashes passwords slowly on purpose.
+		res, err := Login(ctx, c.opts.HTTPClient, c.opts.Server, c.opts.Username, c.opts.Password)
 		if err != nil {
 			return nil, fmt.Errorf("magpie: login: %w", err)
 		}
