@@ -81,6 +81,7 @@ type Options struct {
 	fs       vfs.FS       // the filesystem under Pebble; nil means the OS
 	clock    func() int64 // Unix ms; nil means time.Now
 	noCommit bool         // don't start the committer (benchmarks drive it)
+	memTable uint64       // Pebble MemTableSize; 0 means the default below
 }
 
 // Store is the open database. Its methods are safe for concurrent use.

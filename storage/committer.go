@@ -61,16 +61,18 @@ type cmidKey struct {
 	cmid string
 }
 
-// convEffect is a conversation touched by the batch.
+// convEffect is a conversation touched by the batch (a message, or a read
+// mark of a direct conversation, which lives in its meta record).
 type convEffect struct {
 	c     *conv
-	last  *Send // its last send in the batch
+	last  *Send // its last send in the batch; nil if none
 	seq   uint64
 	ts    int64
-	fresh bool // a direct conversation whose first messages are in this batch
+	reads [2]uint64 // direct conversations: read marks of a and b
+	fresh bool      // a direct conversation whose first messages are in this batch
 }
 
-// markEffect is a read mark moved by the batch.
+// markEffect is a group read mark moved by the batch.
 type markEffect struct {
 	m   *mark
 	uid uint64
@@ -241,9 +243,11 @@ func (c *committer) send(m *Send) {
 	putU64(op.Value[convLen:], m.Msg.Seq)
 	_ = op.Finish()
 
-	c.touchConv(cv, m)
+	c.touchConv(cv).last = m
 	mk.head = m.Msg.Seq
-	c.touchMark(mk, m.From, cv.key)
+	if cv.grp != nil {
+		c.touchMark(mk, m.From, cv.key)
+	}
 }
 
 // lookupCMID fills m as a duplicate when (From, CMID) is stored.
@@ -322,13 +326,13 @@ func (c *committer) resolve(m *Send) (*conv, *mark, []uint64, *Error) {
 	return nil, nil, nil, &Error{Code: BadRequest, Msg: "exactly one of to and group is required"}
 }
 
-func (c *committer) touchConv(cv *conv, m *Send) {
+func (c *committer) touchConv(cv *conv) *convEffect {
 	if cv.gen != c.gen {
 		cv.gen = c.gen
 		cv.idx = len(c.convs)
 		c.convs = append(c.convs, convEffect{c: cv, fresh: cv.grp == nil && cv.lastSeq == 0})
 	}
-	c.convs[cv.idx].last = m
+	return &c.convs[cv.idx]
 }
 
 func (c *committer) touchMark(mk *mark, uid uint64, k convKey) {
@@ -359,7 +363,11 @@ func (c *committer) markRead(r *request) {
 	}
 	if v := min(r.seq, cv.headSeq); v > mk.head {
 		mk.head = v
-		c.touchMark(mk, r.uid, r.conv)
+		if cv.grp != nil {
+			c.touchMark(mk, r.uid, r.conv)
+		} else {
+			c.touchConv(cv)
+		}
 	}
 }
 
@@ -370,11 +378,20 @@ func (c *committer) commit() {
 	for i := range c.convs {
 		e := &c.convs[i]
 		e.seq, e.ts = e.c.headSeq, e.c.headTS
+		e.reads = [2]uint64{e.c.read[0].head, e.c.read[1].head}
 		c.key = keyConv(c.key[:0], pfxMeta, e.c.key)
-		op := c.pb.SetDeferred(len(c.key), 16)
+		vlen := 16
+		if e.c.grp == nil {
+			vlen = 32
+		}
+		op := c.pb.SetDeferred(len(c.key), vlen)
 		copy(op.Key, c.key)
 		putU64(op.Value, e.seq)
 		putU64(op.Value[8:], uint64(e.ts))
+		if e.c.grp == nil {
+			putU64(op.Value[16:], e.reads[0])
+			putU64(op.Value[24:], e.reads[1])
+		}
 		_ = op.Finish()
 		if e.fresh {
 			for _, uid := range e.c.recips {
@@ -403,6 +420,7 @@ func (c *committer) commit() {
 		s.log.Error("storage: commit failed; answering the batch with internal", "err", err, "ops", c.n)
 		for _, e := range c.convs {
 			e.c.headSeq, e.c.headTS = e.c.lastSeq, e.c.lastTS
+			e.c.read[0].head, e.c.read[1].head = e.c.read[0].pub, e.c.read[1].pub
 		}
 		for _, e := range c.marks {
 			e.m.head = e.m.pub
@@ -477,7 +495,12 @@ func (s *Store) publish(convs []convEffect, marks []markEffect) {
 			s.users[c.key.b].addDirect(c)
 		}
 		c.lastSeq, c.lastTS = e.seq, e.ts
-		c.last = e.last.Msg
+		if e.last != nil {
+			c.last = e.last.Msg
+		}
+		if c.grp == nil {
+			c.read[0].pub, c.read[1].pub = e.reads[0], e.reads[1]
+		}
 	}
 	for _, e := range marks {
 		e.m.pub = e.v

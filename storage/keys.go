@@ -21,10 +21,10 @@ const (
 	pfxGroup  = 'g'  // g gid → group record
 	pfxMember = 'M'  // M gid uid → empty (group → members)
 	pfxUGroup = 'G'  // G uid gid → empty (user → groups)
-	pfxMeta   = 'v'  // v conv → last seq, last ts
+	pfxMeta   = 'v'  // v conv → last seq, last ts [, read seqs of a and b]
 	pfxMsg    = 'm'  // m conv seq → message record
 	pfxCMID   = 'c'  // c from cmid → conv, seq (idempotency index)
-	pfxRead   = 'r'  // r uid conv → read seq
+	pfxRead   = 'r'  // r uid conv → read seq (group conversations)
 	pfxUConv  = 'x'  // x uid conv → empty (the user's direct conversations)
 	pfxDemo   = 'D'  // D → gid of the demo lobby
 )
@@ -247,16 +247,18 @@ func decodeGroup(v []byte) (created int64, creator uint64, name string, err erro
 	return created, creator, string(v[n:]), nil
 }
 
-// Meta value: last seq (8 bytes BE), last ts (8 bytes BE, Unix ms).
-func encodeMeta(dst []byte, seq uint64, ts int64) []byte {
-	return appendU64(appendU64(dst, seq), uint64(ts))
-}
-
-func decodeMeta(v []byte) (seq uint64, ts int64, err error) {
-	if len(v) != 16 {
-		return 0, 0, errCorrupt
+// Meta value: last seq, last ts (Unix ms), and for a direct conversation
+// the read seqs of a and b; each 8 bytes BE. Keeping a direct
+// conversation's read marks here saves a key per message (the sender's
+// read mark moves with every send).
+func decodeMeta(v []byte, direct bool) (seq uint64, ts int64, reads [2]uint64, err error) {
+	if want := map[bool]int{false: 16, true: 32}[direct]; len(v) != want {
+		return 0, 0, reads, errCorrupt
 	}
-	return binary.BigEndian.Uint64(v), int64(binary.BigEndian.Uint64(v[8:])), nil
+	if direct {
+		reads = [2]uint64{binary.BigEndian.Uint64(v[16:]), binary.BigEndian.Uint64(v[24:])}
+	}
+	return binary.BigEndian.Uint64(v), int64(binary.BigEndian.Uint64(v[8:])), reads, nil
 }
 
 // CMID value: conversation (16 bytes), seq (8 bytes BE).

@@ -70,6 +70,10 @@ func open(dir string, o Options) (*Store, error) {
 		// crash), not necessarily on disk.
 		fs = noSyncWALFS{fs}
 	}
+	memTableSize := uint64(64 << 20)
+	if o.memTable != 0 {
+		memTableSize = o.memTable
+	}
 	cache := pebble.NewCache(64 << 20)
 	defer cache.Unref()
 	po := &pebble.Options{
@@ -77,7 +81,7 @@ func open(dir string, o Options) (*Store, error) {
 		Cache:                       cache,
 		Logger:                      pebbleLogger{o.Logger},
 		FormatMajorVersion:          pebble.FormatNewest,
-		MemTableSize:                64 << 20,
+		MemTableSize:                memTableSize,
 		MemTableStopWritesThreshold: 4,
 		L0CompactionThreshold:       4,
 		L0StopWritesThreshold:       24,
@@ -200,7 +204,7 @@ func (s *Store) load() error {
 			return errCorrupt
 		}
 		ck := getConv(k[1:])
-		seq, ts, err := decodeMeta(v)
+		seq, ts, reads, err := decodeMeta(v, !ck.group())
 		if err != nil {
 			return err
 		}
@@ -224,6 +228,12 @@ func (s *Store) load() error {
 		}
 		c.lastSeq, c.lastTS = seq, ts
 		c.headSeq, c.headTS = seq, ts
+		for i, r := range reads {
+			if r > seq {
+				return fmt.Errorf("conversation %s: read seq %d above last seq %d", ck, r, seq)
+			}
+			c.read[i].pub, c.read[i].head = r, r
+		}
 		return nil
 	}); err != nil {
 		return fmt.Errorf("conversations: %w", err)
@@ -239,17 +249,16 @@ func (s *Store) load() error {
 		uid, ck, seq := getU64(k[1:]), getConv(k[9:]), getU64(v)
 		var m *mark
 		var c *conv
-		if ck.group() {
-			if g := s.groups[ck.a]; g != nil {
-				m, c = g.members[uid], g.conv
-			}
-		} else if c = s.convs[ck]; c != nil && (uid == ck.a || uid == ck.b) {
-			m = c.markOf(uid)
+		if g := s.groups[ck.a]; g != nil && ck.group() {
+			m, c = g.members[uid], g.conv
 		}
 		if m == nil {
 			return fmt.Errorf("read mark of uid %d in %s: no such membership", uid, ck)
 		}
-		m.pub, m.head = min(seq, c.lastSeq), min(seq, c.lastSeq)
+		if seq > c.lastSeq {
+			return fmt.Errorf("read mark of uid %d in %s: %d above last seq %d", uid, ck, seq, c.lastSeq)
+		}
+		m.pub, m.head = seq, seq
 		return nil
 	}); err != nil {
 		return fmt.Errorf("read marks: %w", err)
@@ -381,7 +390,9 @@ func (s *Store) close() error {
 		s.closed = true
 		s.qmu.Unlock()
 		close(s.quit)
-		<-s.stopped
+		if !s.o.noCommit {
+			<-s.stopped
+		}
 		if s.broken.Load() {
 			// Pebble's commit pipeline failed (pebbleLogger.Fatalf); closing
 			// the DB could block on it. The WAL holds everything committed.
