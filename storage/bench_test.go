@@ -3,10 +3,10 @@ package storage
 import (
 	"fmt"
 	"math/rand/v2"
+	"os"
 	"slices"
 	"strconv"
 	"sync"
-	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
