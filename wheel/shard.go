@@ -28,7 +28,7 @@ type shard struct {
 	w     *Wheel
 	slots map[int64]*slot // by expiry; guarded by mu
 	live  int             // linked timers; guarded by mu
-	_     [40]byte        // keep shards on separate cache lines
+	_     [32]byte        // 64 bytes: shards on separate cache lines
 }
 
 // slot holds the timers of one shard armed at one expiry (a Tick boundary)
