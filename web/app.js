@@ -79,7 +79,7 @@ const S = {
   query: "",
   people: [],
   renderQueued: false,
-  readTimer: null,
+  readQueued: false,
 };
 
 function chatState(conv) {
@@ -92,7 +92,14 @@ function chatState(conv) {
 }
 
 function userName(uid) {
-  return S.users.get(uid) || `user ${uid}`;
+  const name = S.users.get(uid);
+  if (name) return name;
+  // Someone new (registered after the list was loaded): refresh, at most every 5 s.
+  if (S.session && Date.now() - S.usersLoadedAt > 5000) {
+    S.usersLoadedAt = Date.now();
+    loadUsers();
+  }
+  return `user ${uid}`;
 }
 
 function convTitle(it) {
@@ -221,6 +228,7 @@ function logout(notice) {
 // ---------- app ----------
 
 function startApp(session) {
+  if (S.client) S.client.stop();
   S.session = session;
   S.active = null;
   S.chats.clear();
@@ -243,9 +251,42 @@ function startApp(session) {
   client.on("sendfailed", ({ cmid, conv, code }) => onSendFailed(conv, cmid, code));
   client.on("unauthorized", () => logout("Your session has expired. Please sign in again."));
   client.on("replaced", () => renderConn("offline"));
+  client.on("outbox", () => saveOutbox(client));
+  restoreOutbox(client);
   client.start();
   renderConn(client.state);
   loadUsers();
+}
+
+// The outbox survives a reload of the tab: unsent messages are queued again
+// with their cmids, so a message is neither lost nor stored twice.
+function outboxKey(uid) {
+  return `magpie.outbox.${uid}`;
+}
+
+function saveOutbox(client) {
+  if (client !== S.client) return;
+  const list = client.pending();
+  try {
+    if (list.length) sessionStorage.setItem(outboxKey(client.uid), JSON.stringify(list));
+    else sessionStorage.removeItem(outboxKey(client.uid));
+  } catch {
+    // storage full or disabled: the outbox still lives in memory
+  }
+}
+
+function restoreOutbox(client) {
+  let list = [];
+  try {
+    list = JSON.parse(sessionStorage.getItem(outboxKey(client.uid)) || "[]");
+  } catch {
+    list = [];
+  }
+  for (const p of Array.isArray(list) ? list : []) {
+    if (!p || typeof p.cmid !== "string" || typeof p.body !== "string" || !p.target) continue;
+    const s = client.send(p.target, p.body, { cmid: p.cmid, kind: p.kind });
+    chatState(s.conv).pending.set(s.cmid, { body: p.body, ts: Date.now() });
+  }
 }
 
 function onOnline() {
@@ -694,12 +735,17 @@ function autoGrow() {
 
 // ---------- read marks ----------
 
+// scheduleRead marks the open chat read in a microtask: still inside the
+// task that showed the message, so the read frame is on the socket before
+// anyone can see the message and, say, reload the page. markRead updates
+// the unread count at once, so repeated calls send nothing more.
 function scheduleRead() {
-  if (S.readTimer) return;
-  S.readTimer = setTimeout(() => {
-    S.readTimer = null;
+  if (S.readQueued) return;
+  S.readQueued = true;
+  queueMicrotask(() => {
+    S.readQueued = false;
     markActiveRead();
-  }, 120);
+  });
 }
 
 function markActiveRead() {

@@ -259,8 +259,9 @@ export class RequestError extends Error {
  *
  * Events (client.on(name, fn)): "state" {state, code}, "welcome" frame,
  * "message" {message, source} once per (conv, seq) with source "push",
- * "sent", "history" or "catchup"; "convs" (the conversation list or an
- * unread count changed); "read" frame; "sendfailed" {cmid, code, message};
+ * "sent" or "history"; "convs" (the conversation list or an unread count
+ * changed); "outbox" (a send was queued or settled); "read" frame;
+ * "sendfailed" {cmid, conv, code, message};
  * "unauthorized" (4001: log in again); "replaced" (4004).
  *
  * States: "idle" (not started), "connecting" (first attempt), "online"
@@ -613,6 +614,7 @@ export class MagpieClient {
         return;
       }
       this.outbox.delete(f.cmid);
+      this._emit("outbox");
       e.reject(new RequestError(f.code, f.message));
       this._emit("sendfailed", { cmid: f.cmid, conv: e.conv, code: f.code, message: f.message });
     }
@@ -673,6 +675,7 @@ export class MagpieClient {
       const e = this.outbox.get(msg.cmid);
       this.outbox.delete(msg.cmid);
       e.resolve({ conv: msg.conv, seq: msg.seq, ts: msg.ts, cmid: msg.cmid });
+      this._emit("outbox");
     }
     if (!this.seqs.accept(msg.conv, msg.seq)) return false;
     const it = this._convItem(msg.conv);
@@ -694,6 +697,7 @@ export class MagpieClient {
     const e = this.outbox.get(f.cmid);
     if (!e) return; // a duplicate answer, already settled
     this.outbox.delete(f.cmid);
+    this._emit("outbox");
     const { frame } = e;
     this._ingest(
       { conv: f.conv, seq: f.seq, from: this.uid, ts: f.ts, kind: frame.kind, body: frame.body, cmid: frame.cmid },
@@ -742,6 +746,9 @@ export class MagpieClient {
       return;
     }
     this._applyConvs(res, gen);
+    for (const it of this.convs.values()) {
+      if (it.readWant) this._sendRead(it);
+    }
     for (const conv of this.seqs.convs()) {
       if (this.seqs.gap(conv)) this._fillGap(conv);
     }
@@ -824,16 +831,31 @@ export class MagpieClient {
     return res;
   }
 
-  /** markRead sets the read mark of conv to seq (optimistically, then by the server's read frame). */
+  /**
+   * markRead sets the read mark of conv to seq: at once in the local unread
+   * counts, and on the server by a read frame. A mark the server has not
+   * confirmed (sent while offline, or the connection dropped) is sent again
+   * after the next welcome. Resolves with the server's read frame, or null.
+   */
   markRead(conv, seq) {
-    const it = this.convs.get(conv);
-    if (it) {
-      const s = Math.min(seq, it.last_seq);
-      if (s > it.read_seq) it.read_seq = s;
-      it.unread = Math.max(0, it.last_seq - it.read_seq);
-      this._emit("convs");
-    }
-    return this.request({ type: "read", conv, seq }).catch(() => null);
+    const it = this._convItem(conv);
+    const s = Math.min(seq, it.last_seq);
+    if (s > it.read_seq) it.read_seq = s;
+    it.unread = Math.max(0, it.last_seq - it.read_seq);
+    if (seq > (it.readWant || 0)) it.readWant = seq;
+    this._emit("convs");
+    return this._sendRead(it);
+  }
+
+  _sendRead(it) {
+    const want = it.readWant;
+    return this.request({ type: "read", conv: it.conv, seq: want }).then(
+      (f) => {
+        if (it.readWant === want) it.readWant = 0;
+        return f;
+      },
+      () => null,
+    );
   }
 
   /** createGroup creates a group with the given member uids. */
@@ -952,15 +974,23 @@ export class MagpieClient {
     });
     promise.catch(() => {}); // callers may ignore failures; "sendfailed" reports them
     this.outbox.set(frame.cmid, { frame, conv, connId: 0, resolve, reject });
+    this._emit("outbox");
     this._flushOutbox();
     return { cmid: frame.cmid, conv, promise };
   }
 
-  /** pending lists the unconfirmed sends of conv (all when conv is omitted). */
+  /**
+   * pending lists the unconfirmed sends of conv (all when conv is omitted)
+   * as {cmid, conv, target, body, kind}. An application may persist them and
+   * queue them again after a reload with send(target, body, {cmid, kind}):
+   * the same cmid makes that safe.
+   */
   pending(conv) {
     const out = [];
     for (const e of this.outbox.values()) {
-      if (!conv || e.conv === conv) out.push({ cmid: e.frame.cmid, conv: e.conv, body: e.frame.body, kind: e.frame.kind || "text" });
+      if (conv && e.conv !== conv) continue;
+      const f = e.frame;
+      out.push({ cmid: f.cmid, conv: e.conv, target: f.group ? { group: f.group } : { to: f.to }, body: f.body, kind: f.kind || "text" });
     }
     return out;
   }
@@ -970,6 +1000,7 @@ export class MagpieClient {
     const e = this.outbox.get(cmid);
     if (!e) return;
     this.outbox.delete(cmid);
+    this._emit("outbox");
     e.reject(new Error("cancelled"));
   }
 }

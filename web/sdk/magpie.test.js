@@ -250,6 +250,7 @@ test("sends: queued while offline, re-sent with the same cmid after welcome, set
   const b = env.client.send({ group: 7 }, "two");
   assert.equal(b.conv, "g:7");
   assert.deepEqual(env.client.pending().map((p) => p.body), ["one", "two"]);
+  assert.deepEqual(env.client.pending("g:7"), [{ cmid: b.cmid, conv: "g:7", target: { group: 7 }, body: "two", kind: "text" }]);
   env.clock.advance(1000);
   ws = await online(env, [
     { conv: "d:1:2", peer: 2, last_seq: 0, read_seq: 0, unread: 0 },
@@ -536,4 +537,42 @@ test("HTTP API: JSON bodies, bearer token, error codes", async () => {
   assert.equal(users[0].username, "alice");
   assert.equal(calls[1][0], "http://h/api/users?q=al&limit=50&after=3");
   assert.equal(calls[1][2].Authorization, "Bearer T");
+});
+
+test("a persisted outbox is queued again with its cmids after a reload", async () => {
+  const first = newClient({ uid: 1 });
+  first.client.start();
+  first.WS.last().open(); // never welcomed: the send stays queued
+  let outboxEvents = 0;
+  first.client.on("outbox", () => outboxEvents++);
+  first.client.send({ to: 2 }, "kept across reloads");
+  assert.equal(outboxEvents, 1);
+  const saved = JSON.parse(JSON.stringify(first.client.pending()));
+
+  const second = newClient({ uid: 1 });
+  for (const p of saved) second.client.send(p.target, p.body, { cmid: p.cmid, kind: p.kind });
+  second.client.start();
+  const ws = await online(second);
+  assert.deepEqual(ws.frames("send").map((f) => [f.cmid, f.to, f.body]), [[saved[0].cmid, 2, "kept across reloads"]]);
+});
+
+test("a read mark made while offline reaches the server after the reconnect", async () => {
+  const env = newClient({ uid: 1 });
+  env.client.start();
+  let ws = await online(env, [{ conv: "d:1:2", peer: 2, last_seq: 4, read_seq: 1, unread: 3 }]);
+  ws.serverClose(1006);
+  env.client.markRead("d:1:2", 4);
+  assert.equal(env.client.totalUnread(), 0, "local at once");
+  env.clock.advance(1000);
+  ws = await online(env, [{ conv: "d:1:2", peer: 2, last_seq: 4, read_seq: 1, unread: 3 }]);
+  const rf = ws.frames("read");
+  assert.deepEqual(rf.map((f) => [f.conv, f.seq]), [["d:1:2", 4]]);
+  ws.recv({ type: "read", rid: rf[0].rid, conv: "d:1:2", seq: 4, unread: 0, total_unread: 0 });
+  await flush();
+  assert.equal(env.client.totalUnread(), 0);
+  // Confirmed: the next reconnect does not send it again.
+  ws.serverClose(1006);
+  env.clock.advance(1000);
+  ws = await online(env, [{ conv: "d:1:2", peer: 2, last_seq: 4, read_seq: 4, unread: 0 }]);
+  assert.equal(ws.frames("read").length, 0);
 });
