@@ -61,6 +61,9 @@ func open(dir string, o Options) (*Store, error) {
 	if fs == nil {
 		fs = vfs.Default
 	}
+	if err := checkWritable(fs, dir); err != nil {
+		return nil, fmt.Errorf("storage: %s is not writable: %w", dir, err)
+	}
 	if !o.Fsync {
 		// Pebble writes a WAL record to the file before a Sync commit
 		// returns, but a NoSync commit may return while the record still sits
@@ -460,3 +463,24 @@ type noSyncFile struct{ vfs.File }
 func (noSyncFile) Sync() error                             { return nil }
 func (noSyncFile) SyncData() error                         { return nil }
 func (noSyncFile) SyncTo(int64) (fullSync bool, err error) { return true, nil }
+
+// checkWritable creates dir and a file in it. pebble.Open flushes the
+// replayed WAL to a new table; when the directory refuses new files (EPERM
+// on an immutable directory, for example) Pebble retries that flush
+// forever, logging each attempt, and Open never returns. So a directory
+// that cannot take a new file is an error before Pebble sees it.
+func checkWritable(fs vfs.FS, dir string) error {
+	if err := fs.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	name := fs.PathJoin(dir, "write-probe.tmp")
+	f, err := fs.Create(name, vfs.WriteCategoryUnspecified)
+	if err != nil {
+		return err
+	}
+	err = f.Close()
+	if rerr := fs.Remove(name); err == nil {
+		err = rerr
+	}
+	return err
+}
