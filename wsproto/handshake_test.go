@@ -181,6 +181,7 @@ func TestUpgrade(t *testing.T) {
 
 		// 3. Origin (403).
 		{name: "origin not allowed", req: upgrade("/ws", "Origin: https://evil.example"), status: 403},
+		{name: "duplicate Origin: the first counts", req: upgrade("/ws", "Origin: https://evil.example", "Origin: https://ok.example"), status: 403},
 		{name: "bad origin beats a long device", req: upgrade("/ws?device="+long, "Origin: https://evil.example"), status: 403},
 		{name: "bad origin beats a bad token", req: upgrade("/ws?token=bad", "Origin: https://evil.example"), status: 403},
 		{name: "bad origin beats a malformed token", req: upgrade("/ws?token=%zz", "Origin: https://evil.example"), status: 403},
