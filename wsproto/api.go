@@ -23,15 +23,18 @@
 // # A read loop on an event loop
 //
 //	buf, _ := c.Peek(-1)
+//	consumed := 0
 //	for {
-//		f, n, err := parser.Next(buf)
+//		f, n, err := parser.Next(buf[consumed:])
 //		if err != nil { /* write AppendClose(nil, err.(*CloseError).Code, ""), close */ }
 //		if n == 0 { break } // wait for more bytes
 //		switch f.Op {
 //		case OpContinuation: // a fragment was absorbed; nothing to deliver
-//		case OpText, OpBinary, OpPing, OpPong, OpClose: /* handle f; copy f.Payload to keep it */
+//		case OpText, OpBinary, OpPing, OpPong, OpClose:
+//			// handle f; f.Payload is valid until Discard (or the next
+//			// Next): copy what must outlive that
 //		}
-//		buf = buf[n:]
+//		consumed += n
 //	}
 //	c.Discard(consumed)
 //
@@ -127,8 +130,8 @@ type Frame struct {
 // REQUIRES: one goroutine at a time (the connection's event loop).
 type Parser struct {
 	// MaxMessage is the total payload limit of a message; exactly MaxMessage
-	// is accepted. Zero or negative means DefaultMaxMessage. Change it only
-	// between messages.
+	// is accepted. Zero or negative means DefaultMaxMessage. Lowering it
+	// while a fragmented message is in progress applies to that message.
 	MaxMessage int
 
 	// msg holds the payload of the fragmented message in progress. It is
@@ -142,7 +145,8 @@ type Parser struct {
 	msgOp OpCode
 }
 
-// Request is what the handshake learned.
+// Request is what the handshake learned. Its strings are copies, not
+// views of the request bytes: keep them as long as needed.
 type Request struct {
 	Token  string // the "token" query parameter ("" when absent or empty), URL-decoded
 	Device string // the "device" query parameter, URL-decoded; at most MaxDevice bytes

@@ -115,8 +115,8 @@ func (p *Parser) Next(buf []byte) (f Frame, n int, err error) {
 		if limit <= 0 {
 			limit = DefaultMaxMessage
 		}
-		// INVARIANT: len(p.msg) <= limit, so the subtraction is ≥ 0.
-		if length > uint64(limit-len(p.msg)) {
+		// room < 0 only if MaxMessage was lowered mid-message.
+		if room := limit - len(p.msg); room < 0 || length > uint64(room) {
 			return Frame{}, 0, errTooBig
 		}
 	}

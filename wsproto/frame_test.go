@@ -372,3 +372,14 @@ func TestParserLimitBeforePayload(t *testing.T) {
 		t.Fatalf("Next = %d, %v; want 0, %v", n, err, errTooBig)
 	}
 }
+
+func TestParserLimitLoweredMidMessage(t *testing.T) {
+	p := &Parser{MaxMessage: 1000}
+	if _, _, err := p.Next(stream(text(rep(600)).first())); err != nil {
+		t.Fatal(err)
+	}
+	p.MaxMessage = 500
+	if _, _, err := p.Next(stream(cont(""))); err != errTooBig {
+		t.Fatalf("continuation after lowering the limit below the buffered 600 bytes: %v, want %v", err, errTooBig)
+	}
+}
