@@ -92,6 +92,10 @@ type committer struct {
 	convs []convEffect
 	marks []markEffect
 	cmids map[cmidKey]*Send
+	// fresh holds the direct conversations created by this batch; they join
+	// Store.convs when it is published (one lock per batch, not per
+	// conversation).
+	fresh map[convKey]*conv
 	now   int64 // Unix ms of the batch
 	start time.Time
 	key   []byte // scratch
@@ -100,6 +104,7 @@ type committer struct {
 func (c *committer) init(s *Store) {
 	c.s = s
 	c.cmids = make(map[cmidKey]*Send)
+	c.fresh = make(map[convKey]*conv)
 }
 
 // run is the committer goroutine.
@@ -313,13 +318,10 @@ func (c *committer) resolve(m *Send) (*conv, *mark, []uint64, *Error) {
 		k := directKey(m.From, m.To)
 		cv := s.convs[k]
 		if cv == nil {
-			// Inserted now, not at publish, so that every later batch finds
-			// the same object. Readers see last_seq 0 (no messages) until
-			// the batch is durable.
-			cv = newDirect(k)
-			s.mu.Lock()
-			s.convs[k] = cv
-			s.mu.Unlock()
+			if cv = c.fresh[k]; cv == nil {
+				cv = newDirect(k)
+				c.fresh[k] = cv
+			}
 		}
 		return cv, cv.markOf(m.From), cv.recips, nil
 	}
@@ -436,7 +438,7 @@ func (c *committer) commit() {
 			}
 		}
 	} else {
-		s.publish(c.convs, c.marks)
+		s.publish(c.fresh, c.convs, c.marks)
 	}
 	s.st.batches.Add(1)
 	if s.o.OnCommit != nil {
@@ -475,6 +477,7 @@ func (c *committer) reset() {
 	clear(c.marks)
 	c.marks = c.marks[:0]
 	clear(c.cmids)
+	clear(c.fresh)
 	c.n = 0
 	if c.pb != nil {
 		if c.s.broken.Load() {
@@ -486,11 +489,14 @@ func (c *committer) reset() {
 }
 
 // publish makes a durable batch's effects visible to readers.
-func (s *Store) publish(convs []convEffect, marks []markEffect) {
+func (s *Store) publish(fresh map[convKey]*conv, convs []convEffect, marks []markEffect) {
 	s.mu.Lock()
+	for k, c := range fresh {
+		s.convs[k] = c
+	}
 	for _, e := range convs {
 		c := e.c
-		if e.fresh && c.lastSeq == 0 {
+		if e.fresh {
 			s.users[c.key.a].addDirect(c)
 			s.users[c.key.b].addDirect(c)
 		}
