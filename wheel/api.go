@@ -23,11 +23,26 @@
 // wheel groups armed timers by expiry tick into slots: a slot holds every
 // timer of one shard whose deadline rounds up to the same Tick boundary, and
 // owns exactly one timingwheel timer. So the timingwheel holds one timer per
-// (shard, tick) that has work, not one per connection: arming a timer into an
-// existing slot is a map lookup and two pointer writes, the timingwheel's
-// per-add allocations (its Timer and list element) are paid per slot, and
-// the goroutine it starts for each expiry (`go t.task()`) runs a whole slot,
-// firing every due timer of it in a row.
+// (shard, Tick) that has work, not one per connection:
+//
+//   - arming a timer into an existing slot is a map lookup and a few pointer
+//     writes under the shard lock, no allocation; the timingwheel's per-add
+//     costs (AfterFunc allocates its Timer and a list element, about 200
+//     bytes with our slot) are paid once per slot;
+//   - the goroutine the timingwheel starts for each expiry (`go t.task()`)
+//     runs a whole slot and calls fire for every due timer of it in a row:
+//     at most one goroutine per shard per Tick, however many timers expire.
+//     A fixed set of dispatcher goroutines fed from that callback could only
+//     add a channel hand-off to the goroutine the library starts anyway;
+//   - memory is the Timer (embedded in the connection) plus the slots,
+//     bounded by shards × (longest deadline / Tick): about 51 bytes per timer
+//     measured over 1,000,000 idle timers (docs/bench/wheel.md).
+//
+// A slot left empty by Stop or by an earlier Set is removed and its
+// timingwheel timer stopped at once, so stopped timers leave nothing behind.
+// The price: a timer alone in its slot pays AfterFunc and a cancel on every
+// arm/stop pair (about 0.8µs of CPU here); timers sharing slots, the usual case
+// with many connections, pay about 80ns.
 //
 // When a slot expires, each of its timers is settled: a deadline that has
 // passed is claimed (compare-and-swap to 0) and fire is called after the
