@@ -34,10 +34,10 @@ const minFragBuf = 512
 // Next parses at most one frame from buf. See the package CONTRACT.
 // Control frames (ping, pong, close) are returned even while a fragmented
 // message is in progress. Every §1 violation is a *CloseError with the
-// PROTOCOL code: 1002, 1003 is NOT decided here (binary messages are
-// returned; the server closes 1003), 1007 for invalid UTF-8 in a complete
-// text message, 1009 as soon as a header announces a length that takes the
-// message over MaxMessage.
+// PROTOCOL code: 1002 for protocol errors, 1007 for invalid UTF-8 in a
+// complete text message, 1009 as soon as a header announces a length that
+// takes the message over MaxMessage. 1003 is NOT decided here: binary
+// messages are returned and the server closes 1003.
 //
 // Results:
 //   - n == 0, err == nil: buf holds no complete frame; call again with
