@@ -242,15 +242,15 @@ function startApp(session) {
   const client = new MagpieClient({ url: session.ws_url, token: session.token, uid: session.uid, device: deviceId() });
   S.client = client;
   window.magpie = client; // handy from the devtools console
-  client.on("state", ({ state }) => {
-    renderConn(state);
+  client.on("state", ({ state, code }) => {
+    if (client !== S.client) return;
+    renderConn(state, code);
     if (state === "online") onOnline();
   });
   client.on("convs", scheduleRender);
   client.on("message", ({ message }) => onMessage(message));
   client.on("sendfailed", ({ cmid, conv, code }) => onSendFailed(conv, cmid, code));
   client.on("unauthorized", () => logout("Your session has expired. Please sign in again."));
-  client.on("replaced", () => renderConn("offline"));
   client.on("outbox", () => saveOutbox(client));
   restoreOutbox(client);
   client.start();
@@ -317,7 +317,7 @@ async function loadUsers() {
   }
 }
 
-function renderConn(state) {
+function renderConn(state, code) {
   const labels = { idle: "Connecting…", connecting: "Connecting…", online: "Online", reconnecting: "Reconnecting…", offline: "Offline" };
   const conn = $("conn");
   conn.dataset.state = state === "idle" ? "connecting" : state;
@@ -332,9 +332,9 @@ function renderConn(state) {
     b.onclick = () => S.client && S.client.reconnectNow();
     banner.append(b);
     banner.hidden = false;
-  } else if (state === "offline" && S.client) {
+  } else if (state === "offline" && code === 4004) {
     banner.classList.add("bad");
-    banner.append(el("span", "", "You are offline. This chat was opened in another tab or window."));
+    banner.append(el("span", "", "You are offline: this chat was opened in another tab or window."));
     const b = el("button", "ghost small", "Use here");
     b.type = "button";
     b.onclick = () => S.session && startApp(S.session);
@@ -416,7 +416,7 @@ function convRow(it) {
     b.dataset.count = String(it.unread);
     li.append(b);
   } else {
-    li.append(el("span", ""));
+    li.classList.add("nobadge");
   }
   const open = () => openConv(it.conv, it.group ? { group: it.group } : { to: it.peer });
   li.addEventListener("click", open);

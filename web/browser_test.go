@@ -583,10 +583,9 @@ func TestScreenshot(t *testing.T) {
 	}
 	browser := newBrowser(t)
 	srv := startServer(t)
-	seedDemo(t, srv)
+	uids := seedDemo(t, srv)
 	alice := login(t, newTab(t, browser, 1280, 800), srv.base, "alice")
-	bobUID := eval[int](t, alice.ctx, `+[...document.querySelectorAll(".conv")].find(e => e.querySelector(".name").textContent === "bob").dataset.conv.split(":").find(x => x !== "d" && +x !== window.magpie.uid)`)
-	alice.openConv(t, directConv(alice.uid, bobUID))
+	alice.openConv(t, directConv(alice.uid, uids["bob"]))
 	alice.waitMsg(t, "Perfect. Send me the report when it's ready?")
 	do(t, alice.ctx, "type a draft", chromedp.SendKeys(chromedp.CSS("#input"), "On it, sharing the dashboard link now"))
 	waitFor(t, alice.ctx, "fonts", `document.fonts.status === "loaded"`)

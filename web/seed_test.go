@@ -116,8 +116,9 @@ func (u *wsUser) say(target map[string]any, body string) {
 func to(u *wsUser) map[string]any  { return map[string]any{"to": u.uid} }
 func group(gid int) map[string]any { return map[string]any{"group": gid} }
 
-// seedDemo fills a --demo server with a few believable conversations.
-func seedDemo(t *testing.T, srv *chatServer) {
+// seedDemo fills a --demo server with a few believable conversations and
+// returns the uids by name.
+func seedDemo(t *testing.T, srv *chatServer) map[string]int {
 	t.Helper()
 	alice := connectUser(t, srv, "alice")
 	bob := connectUser(t, srv, "bob")
@@ -151,4 +152,5 @@ func seedDemo(t *testing.T, srv *chatServer) {
 	dave.say(to(alice), "Lunch at 12:30?")
 	dave.say(to(alice), "The new place around the corner")
 	bob.say(to(alice), "Perfect. Send me the report when it's ready?")
+	return map[string]int{"alice": alice.uid, "bob": bob.uid, "carol": carol.uid, "dave": dave.uid, "erin": erin.uid}
 }
