@@ -1,0 +1,439 @@
+// Package bench is Magpie's load harness: `magpie bench <scenario>` ramps
+// WebSocket clients over several worker processes and source addresses,
+// drives one of the scenarios (connect, p2p, fanout, storm) through the
+// public protocol only, and reports throughput, HdrHistogram latency
+// percentiles and the server's CPU and memory beside them. `magpie bench
+// baseline` runs the goroutine-per-connection comparison server.
+package bench
+
+import (
+	"bufio"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/magpie-im/magpie/bench/baseline"
+)
+
+const usage = `usage: magpie bench <scenario> [flags]
+
+scenarios:
+  connect   ramp N connections, hold them idle with heartbeats; connect rate, server RSS and heap per connection
+  p2p       pairs of users exchanging direct messages at a rate or flat out; throughput, sent and end-to-end latency
+  fanout    one group with N online members and a sender at rate R; deliveries/s, delivery latency, server CPU per delivery
+  storm     N clients connected, the server restarted; time until all are back and caught up, loss and duplicates
+  baseline  run the goroutine-per-connection comparison server (gorilla/websocket), or its raw-write ceiling mode
+
+Run "magpie bench <scenario> -h" for the flags. Users and tokens come from a
+file written by "magpie user import --tokens FILE" ("uid username token" lines);
+with --spawn the harness starts the server itself (and imports the users when
+the tokens file does not exist yet).
+`
+
+// Main is `magpie bench`; args excludes "bench".
+func Main(args []string) int {
+	if len(args) < 1 {
+		fmt.Fprint(os.Stderr, usage)
+		return 2
+	}
+	switch args[0] {
+	case "worker":
+		return workerMain(os.Stdin, os.Stdout)
+	case "baseline":
+		return baseline.Main(args[1:])
+	case "connect", "p2p", "fanout", "storm":
+		o, err := parseOptions(args[0], args[1:])
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "magpie bench %s: %v\n", args[0], err)
+			return 2
+		}
+		rep, err := run(o)
+		if rep != nil {
+			rep.print(os.Stdout)
+			if o.jsonOut != "" {
+				if werr := rep.writeJSON(o.jsonOut); werr != nil {
+					fmt.Fprintf(os.Stderr, "magpie bench: --json: %v\n", werr)
+				}
+			}
+		}
+		if err != nil {
+			fmt.Fprintf(os.Stderr, "magpie bench %s: %v\n", args[0], err)
+			return 1
+		}
+		return 0
+	case "-h", "--help", "help":
+		fmt.Print(usage)
+		return 0
+	default:
+		fmt.Fprintf(os.Stderr, "magpie bench: unknown scenario %q\n\n%s", args[0], usage)
+		return 2
+	}
+}
+
+type options struct {
+	scenario   string
+	exe        string
+	wsURL      string
+	httpURL    string
+	serverPID  int
+	tokens     string
+	spawn      bool
+	data       string
+	serverArgs []string
+	prefix     string
+	procs      int
+	src        int
+	conc       int
+	connRate   float64
+	heartbeat  time.Duration
+	timeout    time.Duration
+	jsonOut    string
+	target     string
+	hold       time.Duration
+	conns      int
+	pairs      int
+	rate       float64
+	window     int
+	duration   time.Duration
+	size       int
+	members    int
+	messages   int
+	kill       string
+	wait       time.Duration
+	profile    string
+	profileSec int
+	ack        bool
+}
+
+func parseOptions(scenario string, args []string) (*options, error) {
+	o := &options{scenario: scenario}
+	fs := flag.NewFlagSet("magpie bench "+scenario, flag.ContinueOnError)
+	fs.StringVar(&o.wsURL, "url", "ws://127.0.0.1:7070/ws", "WebSocket URL of the server")
+	fs.StringVar(&o.httpURL, "http", "http://127.0.0.1:8080", "HTTP base URL of the server (/metrics, /healthz)")
+	fs.IntVar(&o.serverPID, "server-pid", 0, "server PID for /proc RSS and CPU (default: the local process listening on the --url port)")
+	fs.StringVar(&o.tokens, "tokens", "", `file of "uid username token" lines (magpie user import --tokens)`)
+	fs.BoolVar(&o.spawn, "spawn", false, "start (and own) the server: magpie serve --data DIR on the --url and --http addresses")
+	fs.StringVar(&o.data, "data", "", "with --spawn: the server's data dir")
+	sargs := fs.String("server-args", "", "with --spawn: extra flags of magpie serve, space-separated (e.g. \"--send-rate 0 --fsync=false\")")
+	fs.StringVar(&o.prefix, "prefix", "u", "with --spawn and no tokens file yet: username prefix of the imported users")
+	fs.IntVar(&o.procs, "procs", 0, "worker processes (default: one per 9,000 clients, at least 1)")
+	fs.IntVar(&o.src, "src", 4, "source addresses 127.0.0.2 … (0: let the kernel choose)")
+	fs.IntVar(&o.conc, "conc", 64, "dials in flight per worker")
+	fs.Float64Var(&o.connRate, "connect-rate", 0, "new connections per second over all workers (0: as fast as --conc allows)")
+	fs.DurationVar(&o.heartbeat, "heartbeat", 0, "client ping interval when idle (default: the server's heartbeat_ms)")
+	fs.DurationVar(&o.timeout, "timeout", 15*time.Second, "dial + handshake + welcome timeout")
+	fs.StringVar(&o.jsonOut, "json", "", "write the report as JSON to this file")
+	fs.StringVar(&o.target, "target", "magpie", "name of the server under test, for the report (magpie, baseline, ceiling)")
+	fs.StringVar(&o.profile, "profile", "", "fetch a CPU profile of the server (/debug/pprof/profile) during the measurement into this file")
+	fs.IntVar(&o.profileSec, "profile-seconds", 10, "length of that profile")
+	fs.IntVar(&o.size, "size", 64, "message body bytes (the first bytes carry the send time)")
+	fs.IntVar(&o.window, "window", 64, "outstanding sends (no sent yet) per sender")
+	fs.BoolVar(&o.ack, "ack", true, "ack pushes (cumulative, coalesced); --ack=false only against servers that ignore acks")
+	switch scenario {
+	case "connect":
+		fs.IntVar(&o.conns, "conns", 1000, "connections")
+		fs.DurationVar(&o.hold, "hold", 10*time.Second, "hold the connections idle this long before measuring")
+	case "p2p":
+		fs.IntVar(&o.pairs, "pairs", 100, "pairs of users; both of a pair send to the other")
+		fs.Float64Var(&o.rate, "rate", 1000, "messages per second over all senders (0: flat out, bounded by --window)")
+		fs.DurationVar(&o.duration, "duration", 10*time.Second, "sending time")
+	case "fanout":
+		fs.IntVar(&o.members, "members", 1000, "online group members (receivers; the sender is one more)")
+		fs.Float64Var(&o.rate, "rate", 5, "messages per second from the sender (0: a burst bounded by --window)")
+		fs.IntVar(&o.messages, "messages", 50, "messages sent")
+		fs.DurationVar(&o.wait, "wait", 60*time.Second, "how long to wait for every delivery after the last send")
+	case "storm":
+		fs.IntVar(&o.conns, "conns", 1000, "clients (group members) that must come back")
+		fs.Float64Var(&o.rate, "rate", 20, "group messages per second from the sender, before and after the restart")
+		fs.IntVar(&o.messages, "messages", 20, "messages sent before the restart; as many again right after it")
+		fs.StringVar(&o.kill, "kill", "kill", "with --spawn: restart by SIGKILL (kill) or SIGTERM (term)")
+		fs.DurationVar(&o.wait, "wait", 120*time.Second, "how long to wait for every client to be back and caught up")
+	}
+	if err := fs.Parse(args); err != nil {
+		return nil, err
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	o.serverArgs = strings.Fields(*sargs)
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	o.exe = exe
+	if o.spawn && o.data == "" {
+		return nil, errors.New("--spawn needs --data")
+	}
+	if o.tokens == "" {
+		if !o.spawn {
+			return nil, errors.New("--tokens is required (magpie user import --tokens FILE)")
+		}
+		o.tokens = filepath.Join(o.data, "tokens.txt")
+	}
+	if o.procs <= 0 {
+		o.procs = max(1, (o.users()+8999)/9000)
+	}
+	return o, nil
+}
+
+// users is how many users (lines of the tokens file) the scenario needs.
+func (o *options) users() int {
+	switch o.scenario {
+	case "p2p":
+		return 2 * o.pairs
+	case "fanout":
+		return o.members + 1
+	case "storm":
+		return o.conns + 1
+	}
+	return o.conns
+}
+
+type user struct {
+	uid   uint64
+	name  string
+	token string
+}
+
+func readTokens(path string) ([]user, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	var us []user
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		fl := strings.Fields(sc.Text())
+		if len(fl) != 3 {
+			continue
+		}
+		uid, err := strconv.ParseUint(fl[0], 10, 64)
+		if err != nil {
+			continue
+		}
+		us = append(us, user{uid, fl[1], fl[2]})
+	}
+	return us, sc.Err()
+}
+
+// env is what every scenario works with.
+type env struct {
+	o      *options
+	users  []user
+	u      *url.URL
+	probe  *probe
+	srv    *spawned
+	rep    *Report
+	ini    workerInit
+	status func(string)
+}
+
+func run(o *options) (*Report, error) {
+	e := &env{o: o, probe: &probe{pid: o.serverPID, httpURL: strings.TrimSuffix(o.httpURL, "/")}}
+	e.status = func(s string) { fmt.Fprintf(os.Stderr, "bench: %s\n", s) }
+	var err error
+	if e.u, err = url.Parse(o.wsURL); err != nil {
+		return nil, fmt.Errorf("--url: %v", err)
+	}
+	if o.spawn {
+		if err := e.spawnServer(); err != nil {
+			return nil, err
+		}
+		defer e.srv.stop(syscall.SIGTERM)
+	}
+	if e.users, err = readTokens(o.tokens); err != nil {
+		return nil, fmt.Errorf("--tokens: %v", err)
+	}
+	if len(e.users) < o.users() {
+		return nil, fmt.Errorf("--tokens %s has %d users, the scenario needs %d", o.tokens, len(e.users), o.users())
+	}
+	if e.probe.pid == 0 && e.srv != nil {
+		e.probe.pid = e.srv.pid()
+	}
+	if e.probe.pid == 0 {
+		if port, err := strconv.Atoi(e.u.Port()); err == nil {
+			e.probe.pid = findListenerPID(port)
+		}
+	}
+	e.rep = newReport(o)
+	e.rep.param("server_pid", e.probe.pid)
+	e.ini = workerInit{
+		URL: o.wsURL, HeartbeatMs: o.heartbeat.Milliseconds(), TimeoutMs: o.timeout.Milliseconds(),
+		Body: o.size, Conc: o.conc, NoAck: !o.ack,
+	}
+	if o.connRate > 0 {
+		e.ini.Rate = o.connRate / float64(o.procs)
+	}
+	switch o.scenario {
+	case "connect":
+		err = e.connect()
+	case "p2p":
+		err = e.p2p()
+	case "fanout":
+		err = e.fanout()
+	case "storm":
+		err = e.storm()
+	}
+	e.rep.finish()
+	return e.rep, err
+}
+
+// spawnServer imports users when the tokens file is missing (the server
+// must be stopped for that), then starts magpie serve.
+func (e *env) spawnServer() error {
+	o := e.o
+	if err := os.MkdirAll(o.data, 0o755); err != nil {
+		return err
+	}
+	if _, err := os.Stat(o.tokens); os.IsNotExist(err) {
+		n := o.users()
+		e.status(fmt.Sprintf("importing %d users into %s", n, o.data))
+		cmd := exec.Command(o.exe, "user", "import", "--data", o.data, "--prefix", o.prefix,
+			"--count", strconv.Itoa(n), "--tokens", o.tokens)
+		cmd.Stdout, cmd.Stderr = os.Stderr, os.Stderr
+		if err := cmd.Run(); err != nil {
+			return fmt.Errorf("magpie user import: %v", err)
+		}
+	}
+	h, err := url.Parse(o.httpURL)
+	if err != nil {
+		return fmt.Errorf("--http: %v", err)
+	}
+	e.srv = &spawned{exe: o.exe, data: o.data, listen: e.u.Host, http: h.Host, args: o.serverArgs}
+	t0 := time.Now()
+	if err := e.srv.start(); err != nil {
+		return err
+	}
+	e.status(fmt.Sprintf("server pid %d healthy in %v", e.srv.pid(), time.Since(t0).Round(time.Millisecond)))
+	return nil
+}
+
+// specs builds clients for users[from:from+n].
+func (e *env) specs(from, n int, peer func(i int) uint64) []clientSpec {
+	out := make([]clientSpec, n)
+	for i := range out {
+		u := e.users[from+i]
+		s := clientSpec{Idx: from + i, UID: u.uid, Token: u.token}
+		if e.o.src > 0 {
+			s.Src = "127.0.0." + strconv.Itoa(2+(from+i)%e.o.src)
+		}
+		if peer != nil {
+			s.Peer = peer(i)
+		}
+		out[i] = s
+	}
+	return out
+}
+
+func (e *env) startFleet(specs []clientSpec) (*fleet, error) {
+	parts := make([][]clientSpec, e.o.procs)
+	for i, s := range specs {
+		parts[i%e.o.procs] = append(parts[i%e.o.procs], s)
+	}
+	e.status(fmt.Sprintf("starting %d worker processes for %d clients", e.o.procs, len(specs)))
+	return startFleet(e.o.exe, e.ini, parts)
+}
+
+// connectFleet runs the connect phase and records the connect figures.
+func (e *env) connectFleet(f *fleet, n int) error {
+	t0 := time.Now()
+	if _, err := f.do(workerCmd{Op: "connect"}, 10*time.Minute); err != nil {
+		return err
+	}
+	el := time.Since(t0)
+	c := f.totals()
+	e.rep.result("connected", c.Online)
+	e.rep.result("connect_failures", c.ConnFail)
+	e.rep.result("connect_seconds", el.Seconds())
+	e.rep.result("connects_per_second", float64(c.Welcomes)/el.Seconds())
+	if c.Online < int64(n) {
+		return fmt.Errorf("only %d of %d clients connected (%d failed attempts)", c.Online, n, c.ConnFail)
+	}
+	return nil
+}
+
+// startProfile fetches a CPU profile of the server in the background.
+func (e *env) startProfile() func() {
+	if e.o.profile == "" {
+		return func() {}
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		u := fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", e.probe.httpURL, e.o.profileSec)
+		resp, err := http.Get(u)
+		if err != nil {
+			e.status("profile: " + err.Error())
+			return
+		}
+		defer resp.Body.Close()
+		if resp.StatusCode != 200 {
+			e.status(fmt.Sprintf("profile: HTTP %d (is the server running with --pprof?)", resp.StatusCode))
+			return
+		}
+		f, err := os.Create(e.o.profile)
+		if err != nil {
+			e.status("profile: " + err.Error())
+			return
+		}
+		_, _ = io.Copy(f, resp.Body)
+		f.Close()
+		e.status("profile written to " + e.o.profile)
+	}()
+	return wg.Wait
+}
+
+// inproc is a pool of one client in the coordinator (the sender).
+func (e *env) inproc(idx int) (*pool, *client, error) {
+	p := newPool(e.u, e.o.heartbeat, e.o.timeout, e.o.size)
+	spec := e.specs(idx, 1, nil)[0]
+	spec.Src = "" // the sender uses the kernel's choice
+	c := p.newClient(spec)
+	c.errs = make(chan string, 1024)
+	p.clients = []*client{c}
+	if err := c.connect(); err != nil {
+		return nil, nil, fmt.Errorf("sender connect: %v", err)
+	}
+	go p.heartbeats()
+	return p, c, nil
+}
+
+func createGroup(c *client, name string) (uint64, error) {
+	r, err := c.request([]byte(`{"type":"group_create","rid":"gc","name":"`+name+`","members":[]}`), 30*time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("group_create: %v", err)
+	}
+	g, ok := jsonUint(r, "group")
+	if !ok {
+		return 0, fmt.Errorf("group_create: bad reply %s", r)
+	}
+	return g, nil
+}
+
+func loadavg() string {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return ""
+	}
+	f := strings.Fields(string(b))
+	if len(f) < 3 {
+		return ""
+	}
+	return strings.Join(f[:3], " ")
+}

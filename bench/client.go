@@ -1,0 +1,636 @@
+package bench
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// clientSpec is one simulated user connection.
+type clientSpec struct {
+	Idx   int    `json:"i"`
+	UID   uint64 `json:"u"`
+	Token string `json:"t"`
+	Peer  uint64 `json:"p,omitempty"` // p2p: the uid it sends to
+	Src   string `json:"s,omitempty"` // local IP to bind
+}
+
+// pool runs a set of clients: inside a worker process, or in the
+// coordinator for the fan-out sender.
+type pool struct {
+	url       *url.URL
+	heartbeat time.Duration // 0: the server's heartbeat_ms
+	timeout   time.Duration // dial + handshake + welcome
+	bodySize  int
+	noAck     bool // do not ack pushes (servers that ignore acks: the baseline's ceiling)
+
+	lc    liveCounters
+	conn  *shardedHist // dial → welcome
+	sent  *shardedHist // send → sent
+	e2e   *shardedHist // send → msg at a recipient (body timestamp)
+	catch *shardedHist // storm: connection lost → caught up
+
+	clients []*client
+	quit    chan struct{}
+	quitted atomic.Bool
+
+	reconnect  atomic.Bool   // storm: reconnect with backoff after a loss
+	group      atomic.Uint64 // group whose seqs are tracked
+	final      atomic.Uint64 // storm: every client must hold 1..final
+	catchupReq atomic.Bool   // after each (re)welcome send convs and fill gaps
+	wg         sync.WaitGroup
+}
+
+func newPool(u *url.URL, hb, timeout time.Duration, bodySize int) *pool {
+	return &pool{
+		url: u, heartbeat: hb, timeout: timeout, bodySize: bodySize,
+		conn: newShardedHist(), sent: newShardedHist(), e2e: newShardedHist(), catch: newShardedHist(),
+		quit: make(chan struct{}),
+	}
+}
+
+type client struct {
+	p    *pool
+	spec clientSpec
+	url  *url.URL
+
+	mu        sync.Mutex // guards c, held, lostAt
+	c         *wsConn
+	hb        time.Duration
+	sendRate  int
+	lastWrite atomic.Int64 // unix ns
+	replies   chan []byte  // group/error replies to requests with a rid
+
+	// Reader goroutine state.
+	acks      []pendingAck
+	held      []uint64 // bitset of held seqs of the tracked group conv
+	contig    atomic.Uint64
+	contigAt  atomic.Int64 // unix ns contig last advanced
+	welcomeAt atomic.Int64 // unix ns of the latest welcome
+	caught    atomic.Bool
+	lostAt    int64 // unix ns the connection was lost (storm)
+	convBuf   []byte
+	window    chan struct{} // outstanding sends (p2p, sender)
+	nsend     atomic.Uint64
+	errs      chan string // error codes of failed sends (sender)
+}
+
+type pendingAck struct {
+	conv []byte
+	seq  uint64
+}
+
+func (p *pool) newClient(s clientSpec) *client {
+	q := *p.url
+	v := url.Values{"token": {s.Token}}
+	q.RawQuery = v.Encode()
+	return &client{p: p, spec: s, url: &q, replies: make(chan []byte, 4)}
+}
+
+var errWelcome = errors.New("no welcome")
+
+// connect dials, upgrades and waits for welcome; it then starts the reader.
+func (c *client) connect() error {
+	t0 := time.Now()
+	var laddr net.Addr
+	if c.spec.Src != "" {
+		laddr = &net.TCPAddr{IP: net.ParseIP(c.spec.Src)}
+	}
+	wc, err := dialWS(c.url, laddr, c.p.timeout)
+	if err != nil {
+		c.p.lc.connFail.Add(1)
+		return err
+	}
+	_ = wc.nc.SetReadDeadline(t0.Add(c.p.timeout))
+	m, err := wc.readMessage()
+	if err != nil || !bytes.Equal(frameType(m), []byte("welcome")) {
+		wc.close()
+		c.p.lc.connFail.Add(1)
+		if err == nil {
+			err = errWelcome
+		}
+		return err
+	}
+	_ = wc.nc.SetReadDeadline(time.Time{})
+	hb, _ := jsonUint(m, "heartbeat_ms")
+	rate, _ := jsonUint(m, "send_rate")
+	c.p.conn.record(c.spec.Idx, time.Since(t0).Microseconds())
+	c.mu.Lock()
+	c.c = wc
+	c.hb = time.Duration(hb) * time.Millisecond
+	if c.p.heartbeat > 0 {
+		c.hb = c.p.heartbeat
+	}
+	c.sendRate = int(rate)
+	c.mu.Unlock()
+	c.lastWrite.Store(time.Now().UnixNano())
+	c.welcomeAt.Store(time.Now().UnixNano())
+	c.p.lc.welcomes.Add(1)
+	c.p.lc.online.Add(1)
+	if c.p.catchupReq.Load() {
+		c.requestConvs(wc)
+	}
+	c.p.wg.Add(1)
+	go c.readLoop(wc)
+	return nil
+}
+
+func (c *client) conn() *wsConn {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.c
+}
+
+func (c *client) write(p []byte) error {
+	wc := c.conn()
+	if wc == nil {
+		return net.ErrClosed
+	}
+	c.lastWrite.Store(time.Now().UnixNano())
+	return wc.writeText(p)
+}
+
+func (c *client) readLoop(wc *wsConn) {
+	defer c.p.wg.Done()
+	var err error
+	for {
+		var m []byte
+		m, err = wc.readMessage()
+		if err != nil {
+			break
+		}
+		c.handle(wc, m)
+		if len(c.acks) > 0 && wc.buffered() == 0 {
+			c.flushAcks(wc)
+		}
+	}
+	wc.close()
+	c.p.lc.online.Add(-1)
+	var ce closeError
+	if errors.As(err, &ce) {
+		c.p.lc.closeCode(strconv.Itoa(ce.code))
+	}
+	c.mu.Lock()
+	if c.c == wc {
+		c.c = nil
+	}
+	c.lostAt = time.Now().UnixNano()
+	c.mu.Unlock()
+	c.acks = c.acks[:0]
+	if c.p.quitted.Load() {
+		return
+	}
+	c.p.lc.disconnects.Add(1)
+	if c.p.reconnect.Load() {
+		c.p.wg.Add(1)
+		go c.reconnectLoop()
+	}
+}
+
+// reconnectLoop follows PROTOCOL §9: full-jitter exponential backoff, the
+// first try within 1 s, doubling, capped at 30 s.
+func (c *client) reconnectLoop() {
+	defer c.p.wg.Done()
+	backoff := time.Second
+	for !c.p.quitted.Load() {
+		d := time.Duration(rand.Int64N(int64(backoff)))
+		select {
+		case <-time.After(d):
+		case <-c.p.quit:
+			return
+		}
+		if err := c.connect(); err == nil {
+			return
+		} else {
+			var hs httpStatusError
+			if errors.As(err, &hs) && hs.status == 401 {
+				return
+			}
+		}
+		backoff = min(2*backoff, 30*time.Second)
+	}
+}
+
+func (c *client) flushAcks(wc *wsConn) {
+	frames := make([][]byte, 0, len(c.acks))
+	for _, a := range c.acks {
+		b := make([]byte, 0, 48+len(a.conv))
+		b = append(b, `{"type":"ack","conv":"`...)
+		b = append(b, a.conv...)
+		b = append(b, `","seq":`...)
+		b = strconv.AppendUint(b, a.seq, 10)
+		b = append(b, '}')
+		frames = append(frames, b)
+	}
+	c.acks = c.acks[:0]
+	c.lastWrite.Store(time.Now().UnixNano())
+	if wc.writeTexts(frames...) == nil {
+		c.p.lc.ackFrames.Add(int64(len(frames)))
+	}
+}
+
+func (c *client) handle(wc *wsConn, m []byte) {
+	switch string(frameType(m)) {
+	case "msg":
+		c.onMsg(m)
+	case "sent":
+		c.p.lc.sentOK.Add(1)
+		if cmid, ok := jsonStr(m, "cmid"); ok {
+			if i := bytes.LastIndexByte(cmid, '-'); i >= 0 {
+				if ns, n := parseUintBytes(cmid[i+1:]); n > 0 {
+					c.p.sent.record(c.spec.Idx, (time.Now().UnixNano()-int64(ns))/1000)
+				}
+			}
+		}
+		c.release()
+	case "pong":
+		c.p.lc.pongs.Add(1)
+	case "error":
+		c.p.lc.errors.Add(1)
+		code, _ := jsonStr(m, "code")
+		if string(code) == "rate_limited" {
+			c.p.lc.rateLimited.Add(1)
+		}
+		if _, ok := jsonStr(m, "cmid"); ok {
+			if c.errs != nil {
+				select {
+				case c.errs <- string(code):
+				default:
+				}
+			}
+			c.release()
+			return
+		}
+		c.reply(m)
+	case "group":
+		c.reply(m)
+	case "convs":
+		c.onConvs(wc, m)
+	case "history":
+		c.onHistory(wc, m)
+	}
+}
+
+func (c *client) reply(m []byte) {
+	select {
+	case c.replies <- append([]byte(nil), m...):
+	default:
+	}
+}
+
+func (c *client) release() {
+	if c.window != nil {
+		select {
+		case <-c.window:
+		default:
+		}
+	}
+}
+
+func (c *client) onMsg(m []byte) {
+	now := time.Now().UnixNano()
+	c.p.lc.pushes.Add(1)
+	storeMax(&c.p.lc.lastRecvNs, now)
+	conv, _ := jsonStr(m, "conv")
+	seq, _ := jsonUint(m, "seq")
+	found := c.p.noAck
+	for i := 0; !found && i < len(c.acks); i++ {
+		if bytes.Equal(c.acks[i].conv, conv) {
+			c.acks[i].seq = max(c.acks[i].seq, seq)
+			found = true
+		}
+	}
+	if !found {
+		c.acks = append(c.acks, pendingAck{conv: append([]byte(nil), conv...), seq: seq})
+	}
+	if g := c.p.group.Load(); g != 0 && c.isGroupConv(conv, g) && c.hold(seq) {
+		c.p.lc.dups.Add(1)
+		return // a resend: its latency was recorded on first arrival
+	}
+	if body, ok := jsonStr(m, "body"); ok && len(body) > 1 && body[0] == 't' {
+		if ns, n := parseUintBytes(body[1:]); n > 0 {
+			c.p.e2e.record(c.spec.Idx, (now-int64(ns))/1000)
+		}
+	}
+}
+
+func (c *client) isGroupConv(conv []byte, g uint64) bool {
+	if len(conv) < 3 || conv[0] != 'g' || conv[1] != ':' {
+		return false
+	}
+	v, n := parseUintBytes(conv[2:])
+	return n == len(conv)-2 && v == g
+}
+
+// hold marks seq held and reports whether it already was.
+func (c *client) hold(seq uint64) bool {
+	c.mu.Lock()
+	w := int(seq / 64)
+	for len(c.held) <= w {
+		c.held = append(c.held, 0)
+	}
+	had := c.held[w]&(1<<(seq%64)) != 0
+	c.held[w] |= 1 << (seq % 64)
+	k := c.contig.Load()
+	for {
+		n := k + 1
+		if int(n/64) >= len(c.held) || c.held[n/64]&(1<<(n%64)) == 0 {
+			break
+		}
+		k = n
+	}
+	if k != c.contig.Load() {
+		c.contig.Store(k)
+		c.contigAt.Store(time.Now().UnixNano())
+	}
+	c.mu.Unlock()
+	c.checkCaught()
+	return had
+}
+
+// checkCaught counts the client as caught up once it holds 1..final, and
+// records the time from losing its connection to holding everything.
+func (c *client) checkCaught() {
+	f := c.p.final.Load()
+	if f == 0 || c.caught.Load() || c.contig.Load() < f || !c.caught.CompareAndSwap(false, true) {
+		return
+	}
+	c.p.lc.caughtUp.Add(1)
+	c.mu.Lock()
+	lostAt := c.lostAt
+	c.mu.Unlock()
+	if lostAt > 0 {
+		c.p.catch.record(c.spec.Idx, (max(c.contigAt.Load(), c.welcomeAt.Load())-lostAt)/1000)
+	}
+}
+
+// missing counts seqs in 1..f the client does not hold.
+func (c *client) missing(f uint64) int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	var have int64
+	for s := uint64(1); s <= f; s++ {
+		w := int(s / 64)
+		if w < len(c.held) && c.held[w]&(1<<(s%64)) != 0 {
+			have++
+		}
+	}
+	return int64(f) - have
+}
+
+// --- catch-up (PROTOCOL §9): convs, then history for the gap ---
+
+func (c *client) requestConvs(wc *wsConn) {
+	c.lastWrite.Store(time.Now().UnixNano())
+	_ = wc.writeText([]byte(`{"type":"convs","rid":"cv"}`))
+}
+
+func (c *client) requestHistory(wc *wsConn, g, after uint64) {
+	b := make([]byte, 0, 96)
+	b = append(b, `{"type":"history","rid":"h","conv":"g:`...)
+	b = strconv.AppendUint(b, g, 10)
+	b = append(b, `","after":`...)
+	b = strconv.AppendUint(b, after, 10)
+	b = append(b, `,"limit":200}`...)
+	c.lastWrite.Store(time.Now().UnixNano())
+	c.p.lc.history.Add(1)
+	_ = wc.writeText(b)
+}
+
+func (c *client) onConvs(wc *wsConn, m []byte) {
+	var r struct {
+		Items []struct {
+			Conv    string `json:"conv"`
+			LastSeq uint64 `json:"last_seq"`
+		} `json:"items"`
+	}
+	if json.Unmarshal(m, &r) != nil {
+		return
+	}
+	g := c.p.group.Load()
+	want := "g:" + strconv.FormatUint(g, 10)
+	for _, it := range r.Items {
+		if it.Conv == want && c.contig.Load() < it.LastSeq {
+			c.requestHistory(wc, g, c.contig.Load())
+		}
+	}
+}
+
+func (c *client) onHistory(wc *wsConn, m []byte) {
+	var r struct {
+		Messages []struct {
+			Seq uint64 `json:"seq"`
+		} `json:"messages"`
+		More bool `json:"more"`
+	}
+	if json.Unmarshal(m, &r) != nil {
+		return
+	}
+	for _, x := range r.Messages {
+		c.hold(x.Seq)
+	}
+	if r.More && len(r.Messages) > 0 {
+		c.requestHistory(wc, c.p.group.Load(), c.contig.Load())
+	}
+}
+
+// request writes frame and waits for a group or error reply.
+func (c *client) request(frame []byte, timeout time.Duration) ([]byte, error) {
+	if err := c.write(frame); err != nil {
+		return nil, err
+	}
+	select {
+	case r := <-c.replies:
+		if bytes.Equal(frameType(r), []byte("error")) {
+			code, _ := jsonStr(r, "code")
+			return r, errors.New("error " + string(code))
+		}
+		return r, nil
+	case <-time.After(timeout):
+		return nil, errors.New("request timed out")
+	}
+}
+
+// heartbeats sends a ping on every client that wrote nothing for its
+// heartbeat interval, until quit.
+func (p *pool) heartbeats() {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.quit:
+			return
+		case <-t.C:
+		}
+		now := time.Now().UnixNano()
+		for _, c := range p.clients {
+			c.mu.Lock()
+			wc, hb := c.c, c.hb
+			c.mu.Unlock()
+			if wc == nil || hb <= 0 || now-c.lastWrite.Load() < int64(hb) {
+				continue
+			}
+			c.lastWrite.Store(now)
+			if wc.writeText([]byte(`{"type":"ping"}`)) == nil {
+				p.lc.pings.Add(1)
+			}
+		}
+	}
+}
+
+// connectAll connects the clients not connected yet among the leading
+// fraction frac (0: all) with at most conc dials in flight and at most rate
+// new connections per second (0: no limit).
+func (p *pool) connectAll(conc int, rate float64, frac float64) {
+	sem := make(chan struct{}, max(conc, 1))
+	var wg sync.WaitGroup
+	start := time.Now()
+	n := len(p.clients)
+	if frac > 0 && frac < 1 {
+		n = int(float64(n)*frac + 0.5)
+	}
+	for i, c := range p.clients[:n] {
+		if p.quitted.Load() {
+			break
+		}
+		if c.conn() != nil {
+			continue
+		}
+		if rate > 0 {
+			due := start.Add(time.Duration(float64(i) / rate * float64(time.Second)))
+			if d := time.Until(due); d > 0 {
+				time.Sleep(d)
+			}
+		}
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			for try := 0; try < 3; try++ {
+				if c.connect() == nil {
+					return
+				}
+				time.Sleep(time.Duration(100*(try+1)) * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// joinAll makes every online client join group g.
+func (p *pool) joinAll(g uint64, conc int) {
+	frame := []byte(`{"type":"group_join","rid":"j","group":` + strconv.FormatUint(g, 10) + `}`)
+	sem := make(chan struct{}, max(conc, 1))
+	var wg sync.WaitGroup
+	for _, c := range p.clients {
+		sem <- struct{}{}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			for try := 0; try < 3; try++ {
+				if _, err := c.request(frame, 30*time.Second); err == nil {
+					p.lc.joined.Add(1)
+					return
+				}
+				time.Sleep(200 * time.Millisecond)
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+// sendBody returns a body "t<unix ns>" padded with 'x' to size bytes.
+func sendBody(dst []byte, size int) []byte {
+	dst = append(dst, 't')
+	dst = strconv.AppendInt(dst, time.Now().UnixNano(), 10)
+	for len(dst) < size {
+		dst = append(dst, 'x')
+	}
+	return dst
+}
+
+// sendLoop sends to target (`"to":UID` or `"group":GID`) until end or
+// until count sends (0: no bound), at rate msgs/s (0: as fast as the
+// window of outstanding sends allows).
+func (c *client) sendLoop(wg *sync.WaitGroup, target string, end time.Time, count int, rate float64, window int) {
+	defer wg.Done()
+	c.window = make(chan struct{}, max(window, 1))
+	var interval time.Duration
+	next := time.Now()
+	if rate > 0 {
+		interval = time.Duration(float64(time.Second) / rate)
+		if count == 0 {
+			next = next.Add(time.Duration(rand.Int64N(int64(interval) + 1)))
+		}
+	}
+	prefix := "b" + strconv.Itoa(c.spec.Idx) + "." + strconv.FormatInt(time.Now().UnixNano(), 36) + "."
+	buf := make([]byte, 0, 256+c.p.bodySize)
+	for sent := 0; (count == 0 || sent < count) && time.Now().Before(end) && !c.p.quitted.Load(); sent++ {
+		if rate > 0 {
+			if d := time.Until(next); d > 0 {
+				time.Sleep(d)
+			}
+			next = next.Add(interval)
+		}
+		select {
+		case c.window <- struct{}{}:
+		case <-time.After(time.Until(end)):
+			return
+		}
+		n := c.nsend.Add(1)
+		buf = buf[:0]
+		buf = append(buf, `{"type":"send","cmid":"`...)
+		buf = append(buf, prefix...)
+		buf = strconv.AppendUint(buf, n, 10)
+		buf = append(buf, '-')
+		buf = strconv.AppendInt(buf, time.Now().UnixNano(), 10)
+		buf = append(buf, `",`...)
+		buf = append(buf, target...)
+		buf = append(buf, `,"body":"`...)
+		buf = sendBody(buf, c.p.bodySize)
+		buf = append(buf, `"}`...)
+		if c.write(buf) != nil {
+			return
+		}
+		c.p.lc.sends.Add(1)
+	}
+}
+
+// waitDrained waits until every window is empty or the deadline passes.
+func (p *pool) waitDrained(deadline time.Time) {
+	for time.Now().Before(deadline) {
+		busy := false
+		for _, c := range p.clients {
+			if c.window != nil && len(c.window) > 0 {
+				busy = true
+				break
+			}
+		}
+		if !busy {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func (p *pool) close() {
+	if p.quitted.Swap(true) {
+		return
+	}
+	close(p.quit)
+	for _, c := range p.clients {
+		if wc := c.conn(); wc != nil {
+			_ = wc.writeControl(0x8, []byte{0x03, 0xE8})
+			wc.close()
+		}
+	}
+}

@@ -1,0 +1,391 @@
+package bench
+
+import (
+	"fmt"
+	"os"
+	"strconv"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// connect: ramp N connections, hold them idle, measure the server's
+// memory growth per connection. Memory is sampled three times: before any
+// connection (after --hold of settling), with half of them, and with all
+// of them, each after --hold; the per-connection figure is the marginal
+// cost of the second half, which start-up memory the runtime has not
+// returned yet does not distort.
+func (e *env) connect() error {
+	o := e.o
+	f, err := e.startFleet(e.specs(0, o.conns, nil))
+	if err != nil {
+		return err
+	}
+	defer f.quit()
+	f.setPhase("settle")
+	s0 := e.probe.minSnap(o.hold)
+	t0 := time.Now()
+	if _, err := f.do(workerCmd{Op: "connect", Frac: 0.5}, 10*time.Minute); err != nil {
+		return err
+	}
+	t1 := time.Now()
+	f.setPhase("hold")
+	s1 := e.probe.minSnap(o.hold)
+	half := f.totals().Online
+	t2 := time.Now()
+	if _, err := f.do(workerCmd{Op: "connect"}, 10*time.Minute); err != nil {
+		return err
+	}
+	ramp := t1.Sub(t0) + time.Since(t2)
+	c := f.totals()
+	e.rep.result("connected", c.Online)
+	e.rep.result("connect_failures", c.ConnFail)
+	e.rep.result("connect_seconds", ramp.Seconds())
+	e.rep.result("connects_per_second", float64(c.Welcomes)/ramp.Seconds())
+	f.setPhase("hold")
+	e.status(fmt.Sprintf("holding %d connections for %v", c.Online, o.hold))
+	s2 := e.probe.minSnap(o.hold)
+	c = f.totals()
+	if s1.rssOK && s2.rssOK && c.Online > half {
+		e.rep.result("server_rss_idle_bytes", s0.rss)
+		e.rep.result("server_rss_half_bytes", s1.rss)
+		e.rep.result("server_rss_full_bytes", s2.rss)
+		e.rep.result("server_rss_per_conn_bytes", float64(s2.rss-s1.rss)/float64(c.Online-half))
+		e.rep.result("server_rss_per_conn_from_idle_bytes", float64(s2.rss-s0.rss)/float64(c.Online))
+	}
+	if s1.heap >= 0 && s2.heap >= 0 && c.Online > half {
+		e.rep.result("server_heap_inuse_idle_bytes", s0.heap)
+		e.rep.result("server_heap_inuse_full_bytes", s2.heap)
+		e.rep.result("server_heap_per_conn_bytes", (s2.heap-s1.heap)/float64(c.Online-half))
+		e.rep.result("server_heap_per_conn_from_idle_bytes", (s2.heap-s0.heap)/float64(c.Online))
+	}
+	if s0.nextGC > 0 && s2.nextGC > 0 {
+		// The runtime sets the next GC goal to live heap × (1 + GOGC/100).
+		e.rep.result("server_gc_goal_idle_bytes", s0.nextGC)
+		e.rep.result("server_gc_goal_full_bytes", s2.nextGC)
+	}
+	r, c2, err := f.results(0)
+	if err != nil {
+		return err
+	}
+	e.rep.latency("connect", r.conn)
+	e.rep.result("disconnects_during_hold", c2.Disconnects)
+	e.rep.result("pings", c2.Pings)
+	e.rep.result("pongs", c2.Pongs)
+	e.rep.Counters = c2
+	if c.Online < int64(o.conns) {
+		return fmt.Errorf("only %d of %d clients connected (%d failed attempts)", c.Online, o.conns, c.ConnFail)
+	}
+	return nil
+}
+
+// p2p: pairs (2i, 2i+1) send to each other.
+func (e *env) p2p() error {
+	o := e.o
+	n := 2 * o.pairs
+	specs := e.specs(0, n, func(i int) uint64 { return e.users[i^1].uid })
+	f, err := e.startFleet(specs)
+	if err != nil {
+		return err
+	}
+	defer f.quit()
+	if err := e.connectFleet(f, n); err != nil {
+		return err
+	}
+	if _, err := f.do(workerCmd{Op: "reset"}, time.Minute); err != nil {
+		return err
+	}
+	perSender := o.rate / float64(n)
+	e.rep.param("rate_per_sender", perSender)
+	c0 := f.totals()
+	before := e.probe.snap()
+	stopProf := e.startProfile()
+	t0 := time.Now()
+	if _, err := f.do(workerCmd{Op: "p2p", Rate: perSender, Window: o.window, DurationMs: o.duration.Milliseconds()}, o.duration+2*time.Minute); err != nil {
+		return err
+	}
+	el := time.Since(t0)
+	// Let the last pushes arrive and their acks reach the server.
+	deadline := time.Now().Add(10 * time.Second)
+	for time.Now().Before(deadline) {
+		c := f.totals()
+		if c.Pushes-c0.Pushes >= c.SentOK-c0.SentOK {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	time.Sleep(200 * time.Millisecond)
+	after := e.probe.snap()
+	stopProf()
+	r, c, err := f.results(0)
+	if err != nil {
+		return err
+	}
+	sent := c.SentOK - c0.SentOK
+	e.rep.result("messages_sent_ok", sent)
+	e.rep.result("messages_per_second", float64(sent)/el.Seconds())
+	e.rep.result("pushes_received", c.Pushes-c0.Pushes)
+	e.rep.result("ack_frames", c.AckFrames-c0.AckFrames)
+	e.rep.result("errors", c.Errors-c0.Errors)
+	e.rep.result("rate_limited", c.RateLimited-c0.RateLimited)
+	e.rep.result("duplicates", c.Dups-c0.Dups)
+	e.rep.result("disconnects", c.Disconnects)
+	e.cpuResults(before, after, float64(sent), "message", "messages")
+	if before.acks >= 0 && after.acks >= 0 {
+		e.rep.result("server_acks", after.acks-before.acks)
+	}
+	if before.resends >= 0 && after.resends >= 0 {
+		e.rep.result("server_resends", after.resends-before.resends)
+	}
+	e.rep.latency("sent", r.sent)
+	e.rep.latency("e2e", r.e2e)
+	e.rep.Counters = c
+	return nil
+}
+
+func (e *env) cpuResults(before, after snapshot, n float64, what, plural string) {
+	if !before.cpuOK || !after.cpuOK || n <= 0 {
+		return
+	}
+	cpu := after.cpu - before.cpu
+	el := after.at.Sub(before.at).Seconds()
+	e.rep.result("server_cpu_seconds", cpu)
+	e.rep.result("server_cpu_utilisation", cpu/el)
+	e.rep.result("server_cpu_us_per_"+what, cpu/n*1e6)
+	if cpu > 0 {
+		e.rep.result(plural+"_per_server_cpu_second", n/cpu)
+	}
+}
+
+// groupSend sends count messages to group g from c at rate and waits for
+// their sent (or error) replies.
+func (e *env) groupSend(c *client, g uint64, count int, rate float64) {
+	var wg sync.WaitGroup
+	wg.Add(1)
+	c.sendLoop(&wg, `"group":`+strconv.FormatUint(g, 10), time.Now().Add(24*time.Hour), count, rate, e.o.window)
+	deadline := time.Now().Add(30*time.Second + e.o.wait)
+	for len(c.window) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// fanout: one group, N online members, one sender.
+func (e *env) fanout() error {
+	o := e.o
+	sp, sender, err := e.inproc(0)
+	if err != nil {
+		return err
+	}
+	defer sp.close()
+	g, err := createGroup(sender, "bench-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err != nil {
+		return err
+	}
+	e.rep.param("group", g)
+	f, err := e.startFleet(e.specs(1, o.members, nil))
+	if err != nil {
+		return err
+	}
+	defer f.quit()
+	f.extra = func() string {
+		return fmt.Sprintf("| sender sends=%d sent=%d err=%d", sp.lc.sends.Load(), sp.lc.sentOK.Load(), sp.lc.errors.Load())
+	}
+	if err := e.connectFleet(f, o.members); err != nil {
+		return err
+	}
+	t0 := time.Now()
+	if _, err := f.do(workerCmd{Op: "join", Group: g}, 10*time.Minute); err != nil {
+		return err
+	}
+	if j := f.totals().Joined; j < int64(o.members) {
+		return fmt.Errorf("only %d of %d members joined", j, o.members)
+	}
+	e.rep.result("join_seconds", time.Since(t0).Seconds())
+	if _, err := f.do(workerCmd{Op: "reset"}, time.Minute); err != nil {
+		return err
+	}
+	time.Sleep(500 * time.Millisecond) // let the join traffic settle before sampling CPU
+	f.setPhase("fanout")
+	before := e.probe.snap()
+	stopProf := e.startProfile()
+	tSend := time.Now()
+	e.groupSend(sender, g, o.messages, o.rate)
+	sentOK := sp.lc.sentOK.Load()
+	want := int64(o.members) * sentOK
+	deadline := time.Now().Add(o.wait)
+	for time.Now().Before(deadline) && f.totals().Pushes < want {
+		time.Sleep(10 * time.Millisecond)
+	}
+	c := f.totals()
+	// Wait for the server to count the acks of every delivery.
+	if before.acks >= 0 {
+		ackDeadline := time.Now().Add(10 * time.Second)
+		for time.Now().Before(ackDeadline) {
+			if s := e.probe.snap(); s.acks-before.acks >= float64(want) {
+				break
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	after := e.probe.snap()
+	stopProf()
+	r, c, err := f.results(uint64(sentOK))
+	if err != nil {
+		return err
+	}
+	deliveries := c.Pushes - c.Dups
+	span := time.Duration(c.LastRecvNs - tSend.UnixNano())
+	e.rep.result("messages_sent_ok", sentOK)
+	e.rep.result("send_errors", sp.lc.errors.Load())
+	e.rep.result("deliveries_expected", want)
+	e.rep.result("deliveries", deliveries)
+	e.rep.result("missing", r.missing)
+	e.rep.result("duplicates", c.Dups)
+	e.rep.result("fanout_seconds", span.Seconds())
+	if span > 0 {
+		e.rep.result("deliveries_per_second", float64(deliveries)/span.Seconds())
+	}
+	e.rep.result("ack_frames", c.AckFrames)
+	if before.acks >= 0 && after.acks >= 0 {
+		e.rep.result("server_acks", after.acks-before.acks)
+		e.rep.result("server_resends", after.resends-before.resends)
+	}
+	e.cpuResults(before, after, float64(deliveries), "delivery", "deliveries")
+	e.rep.latency("delivery", r.e2e)
+	e.rep.latency("sent", sp.sent.merged())
+	e.rep.Counters = c
+	if deliveries < want || r.missing > 0 {
+		return fmt.Errorf("%d of %d deliveries arrived (%d missing)", deliveries, want, r.missing)
+	}
+	return nil
+}
+
+// storm: N members connected, the server restarted, every client must
+// come back and catch up through convs + history with nothing lost.
+func (e *env) storm() error {
+	o := e.o
+	sp, sender, err := e.inproc(0)
+	if err != nil {
+		return err
+	}
+	defer sp.close()
+	g, err := createGroup(sender, "storm-"+strconv.FormatInt(time.Now().UnixNano(), 36))
+	if err != nil {
+		return err
+	}
+	e.rep.param("group", g)
+	f, err := e.startFleet(e.specs(1, o.conns, nil))
+	if err != nil {
+		return err
+	}
+	defer f.quit()
+	f.extra = func() string {
+		return fmt.Sprintf("| sender sends=%d sent=%d err=%d", sp.lc.sends.Load(), sp.lc.sentOK.Load(), sp.lc.errors.Load())
+	}
+	if err := e.connectFleet(f, o.conns); err != nil {
+		return err
+	}
+	if _, err := f.do(workerCmd{Op: "join", Group: g}, 10*time.Minute); err != nil {
+		return err
+	}
+	if j := f.totals().Joined; j < int64(o.conns) {
+		return fmt.Errorf("only %d of %d members joined", j, o.conns)
+	}
+	f.setPhase("pre")
+	e.groupSend(sender, g, o.messages, o.rate)
+	pre := sp.lc.sentOK.Load()
+	want := int64(o.conns) * pre
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && f.totals().Pushes < want; {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if _, err := f.do(workerCmd{Op: "storm", Group: g}, time.Minute); err != nil {
+		return err
+	}
+	if _, err := f.do(workerCmd{Op: "reset"}, time.Minute); err != nil {
+		return err
+	}
+	f.setPhase("restart")
+	var tDown, tReady time.Time
+	if e.srv != nil {
+		sig := syscall.SIGKILL
+		if o.kill == "term" {
+			sig = syscall.SIGTERM
+		}
+		tDown = time.Now()
+		e.srv.stop(sig)
+		tStopped := time.Now()
+		if err := e.srv.start(); err != nil {
+			return err
+		}
+		tReady = time.Now()
+		e.probe.pid = e.srv.pid()
+		e.rep.result("server_stop_seconds", tStopped.Sub(tDown).Seconds())
+		e.rep.result("server_start_seconds", tReady.Sub(tStopped).Seconds())
+	} else {
+		fmt.Fprintln(os.Stderr, "bench: restart the server now (waiting for the clients to lose it)")
+		for f.totals().Online > 0 {
+			time.Sleep(20 * time.Millisecond)
+		}
+		tDown = time.Now()
+		for !e.healthy() {
+			time.Sleep(20 * time.Millisecond)
+		}
+		tReady = time.Now()
+		if port, err := strconv.Atoi(e.u.Port()); err == nil && o.serverPID == 0 {
+			e.probe.pid = findListenerPID(port)
+		}
+	}
+	// The sender comes back at once and keeps sending while the members
+	// reconnect with backoff, so most of them must fill a gap by history.
+	for {
+		if err := sender.connect(); err == nil {
+			break
+		}
+		if time.Since(tReady) > 30*time.Second {
+			return fmt.Errorf("sender could not reconnect")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	f.setPhase("post")
+	e.groupSend(sender, g, o.messages, o.rate)
+	final := sp.lc.sentOK.Load()
+	e.rep.result("messages_before_restart", pre)
+	e.rep.result("messages_after_restart", final-pre)
+	f.setPhase("catchup")
+	if _, err := f.do(workerCmd{Op: "final", Final: uint64(final), TimeoutMs: o.wait.Milliseconds()}, o.wait+time.Minute); err != nil {
+		return err
+	}
+	r, c, err := f.results(uint64(final))
+	if err != nil {
+		return err
+	}
+	e.rep.result("clients", o.conns)
+	e.rep.result("back_online", c.Online)
+	e.rep.result("caught_up", c.CaughtUp)
+	e.rep.result("all_back_seconds_after_kill", time.Duration(r.maxWelcomeNs-tDown.UnixNano()).Seconds())
+	e.rep.result("all_back_seconds_after_ready", time.Duration(r.maxWelcomeNs-tReady.UnixNano()).Seconds())
+	if c.CaughtUp == int64(o.conns) {
+		e.rep.result("all_caught_up_seconds_after_kill", time.Duration(r.maxCaughtNs-tDown.UnixNano()).Seconds())
+		e.rep.result("all_caught_up_seconds_after_ready", time.Duration(r.maxCaughtNs-tReady.UnixNano()).Seconds())
+	}
+	e.rep.result("lost", r.missing)
+	e.rep.result("duplicate_pushes", c.Dups)
+	e.rep.result("history_requests", c.History)
+	e.rep.result("reconnect_failures", c.ConnFail)
+	e.rep.latency("reconnect_to_caught_up", r.catch)
+	e.rep.latency("reconnect_connect", r.conn)
+	e.rep.Counters = c
+	if r.missing > 0 || c.CaughtUp < int64(o.conns) {
+		return fmt.Errorf("%d of %d clients caught up, %d messages lost", c.CaughtUp, o.conns, r.missing)
+	}
+	return nil
+}
+
+func (e *env) healthy() bool {
+	resp, err := httpClient.Get(e.probe.httpURL + "/healthz")
+	if err != nil {
+		return false
+	}
+	resp.Body.Close()
+	return resp.StatusCode == 200
+}
