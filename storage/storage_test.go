@@ -937,3 +937,122 @@ func TestOpenErrors(t *testing.T) {
 		t.Fatal("errClosing")
 	}
 }
+
+// TestConcurrentReadersAndWriters runs sends, read marks, membership
+// changes and every read path at once (for the race detector), and checks
+// that readers only ever see consistent, durable state.
+func TestConcurrentReadersAndWriters(t *testing.T) {
+	var sentMu sync.Mutex
+	sentSeq := map[string]uint64{} // conv → highest seq reported by OnSent
+	s := openT(t, t.TempDir(), Options{OnSent: func(batch []*Send) {
+		sentMu.Lock()
+		for _, m := range batch {
+			if m.Err == nil && m.Msg.Seq > sentSeq[m.Msg.Conv] {
+				sentSeq[m.Msg.Conv] = m.Msg.Seq
+			}
+		}
+		sentMu.Unlock()
+	}})
+	var uids []uint64
+	for i := range 6 {
+		uids = append(uids, s.user(fmt.Sprint("u", i)))
+	}
+	g := s.group(uids[0], "g", uids[1:4]...)
+	stop := make(chan struct{})
+	var writers, readers sync.WaitGroup
+	for w := range 4 {
+		writers.Add(1)
+		go func() {
+			defer writers.Done()
+			from := uids[w]
+			for j := range 300 {
+				m := &Send{From: from, CMID: fmt.Sprint(j), Body: "x"}
+				if j%2 == 0 {
+					m.Group = g
+				} else {
+					m.To = uids[(w+1+j%5)%6]
+					if m.To == from {
+						m.To = uids[5]
+					}
+				}
+				s.send(m)
+				if j%10 == 0 {
+					if _, _, _, err := s.MarkRead(from, GroupConv(g), uint64(j)); err != nil && codeOf(err) != NotMember {
+						t.Error(err)
+					}
+				}
+			}
+		}()
+	}
+	writers.Add(1)
+	go func() { // membership churn
+		defer writers.Done()
+		for range 50 {
+			if _, err := s.JoinGroup(uids[5], g); err != nil {
+				t.Error(err)
+			}
+			if _, err := s.LeaveGroup(uids[5], g); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
+	for r := range 3 {
+		readers.Add(1)
+		go func() {
+			defer readers.Done()
+			uid := uids[r]
+			for {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				items, total, err := s.Convs(uid)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				var sum uint64
+				for _, it := range items {
+					if it.ReadSeq > it.LastSeq || it.Unread != it.LastSeq-it.ReadSeq {
+						t.Errorf("item %+v", it)
+					}
+					sum += it.Unread
+					ms, _, err := s.History(uid, HistoryQuery{Conv: it.Conv, Limit: 50})
+					if err != nil {
+						t.Error(err)
+						return
+					}
+					for i := 1; i < len(ms); i++ {
+						if ms[i].Seq != ms[i-1].Seq+1 {
+							t.Errorf("history gap in %s", it.Conv)
+						}
+					}
+				}
+				if sum != total {
+					t.Errorf("total %d, sum %d", total, sum)
+				}
+				if _, err := s.GroupMembers(uid, g, 0, 100); err != nil {
+					t.Error(err)
+				}
+				s.Users("u", 0, 10)
+				_ = s.Stats()
+			}
+		}()
+	}
+	writers.Wait()
+	close(stop)
+	readers.Wait()
+	// Everything reported is readable, and nothing beyond it.
+	sentMu.Lock()
+	defer sentMu.Unlock()
+	for conv, last := range sentSeq {
+		_, a, b, _ := ParseConv(conv)
+		if b == 0 {
+			a = uids[0]
+		}
+		if got := s.all(a, conv); uint64(len(got)) != last {
+			t.Errorf("%s: %d messages, OnSent reported up to %d", conv, len(got), last)
+		}
+	}
+}
