@@ -143,7 +143,10 @@ func (o *Options) Validate() error {
 	return errors.Join(errs...)
 }
 
-// Wheel owns the timing wheel and its goroutines.
+// Wheel owns the timing wheel and its goroutines: three while started (the
+// timingwheel's poll and dispatch goroutines and the coarse clock), plus one
+// short-lived goroutine per slot expiry (at most one per shard per Tick),
+// which calls fire. Nothing runs per connection.
 type Wheel struct {
 	// now is the coarse clock read by Now; 0 when the clock goroutine is
 	// not running. It has a cache line to itself: every event loop reads it
