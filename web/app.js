@@ -846,6 +846,18 @@ async function leaveActiveGroup() {
   }
 }
 
+// onReturn runs when the tab is shown or focused: mark the open chat read,
+// and reload the conversation list at most every 10 s, since v1 does not
+// push membership changes (a group someone added you to shows up here).
+let lastRefresh = 0;
+function onReturn() {
+  scheduleRead();
+  if (document.visibilityState !== "visible" || !S.client) return;
+  if (Date.now() - lastRefresh < 10000) return;
+  lastRefresh = Date.now();
+  S.client.refreshConvs();
+}
+
 // ---------- wiring ----------
 
 function wire() {
@@ -890,8 +902,8 @@ function wire() {
     e.preventDefault();
     submitGroup();
   });
-  document.addEventListener("visibilitychange", scheduleRead);
-  window.addEventListener("focus", scheduleRead);
+  document.addEventListener("visibilitychange", onReturn);
+  window.addEventListener("focus", onReturn);
   window.addEventListener("online", () => S.client && S.client.reconnectNow());
   document.addEventListener("keydown", (e) => {
     if (e.key === "Escape" && S.active && !$("group-dialog").open && window.matchMedia("(max-width: 760px)").matches) closeChat();

@@ -10,10 +10,8 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"io/fs"
 	"net/http"
-	"net/http/httptest"
-	"net/http/httputil"
-	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -294,35 +292,22 @@ type chatServer struct {
 	base string
 }
 
-// startServer runs `magpie serve --demo`. When that binary does not serve
-// this package's UI at "/" (cmd/magpie not wired to web.Handler yet), the
-// browser gets the UI from an in-test server that forwards /api/* to magpie,
-// so the page and the API still share one origin.
+// startServer runs `magpie serve --demo` and checks that it serves this
+// package's UI at "/" (the binary embeds web.Handler).
 func startServer(t *testing.T) *chatServer {
 	t.Helper()
 	srv := testserver.Start(t, "--demo")
-	cs := &chatServer{Server: srv, base: srv.HTTPURL()}
 	res, err := http.Get(srv.HTTPURL() + "/")
 	if err != nil {
 		t.Fatalf("GET /: %v", err)
 	}
 	body, _ := io.ReadAll(res.Body)
 	res.Body.Close()
-	if strings.Contains(string(body), "<title>Magpie</title>") {
-		return cs
+	want, _ := fs.ReadFile(web.FS(), "index.html")
+	if res.StatusCode != 200 || string(body) != string(want) {
+		t.Fatalf("magpie serve does not serve the embedded web UI at /: %d %.80q", res.StatusCode, body)
 	}
-	t.Logf("magpie serve does not serve the web UI at /; serving web.Handler() in the test and proxying /api/* to %s", srv.HTTPURL())
-	target, _ := url.Parse(srv.HTTPURL())
-	mux := http.NewServeMux()
-	mux.Handle("/api/", &httputil.ReverseProxy{Rewrite: func(r *httputil.ProxyRequest) {
-		r.SetURL(target)
-		r.Out.Host = r.In.Host // login derives ws_url's host from Host
-	}})
-	mux.Handle("/", web.Handler())
-	hs := httptest.NewServer(mux)
-	t.Cleanup(hs.Close)
-	cs.base = hs.URL
-	return cs
+	return &chatServer{Server: srv, base: srv.HTTPURL()}
 }
 
 // TestBrowserChatAndUnread: two people in two browser contexts exchange
@@ -525,6 +510,59 @@ func TestBrowserGroups(t *testing.T) {
 	alice.waitMsg(t, "me too")
 	bob.waitMsg(t, "me too")
 	waitFor(t, alice.ctx, "sender name shown", `[...document.querySelectorAll("#msg-list .sender")].some(e => e.textContent === "carol")`)
+}
+
+// TestBrowserHistoryPaging: a chat opens on its newest page; scrolling up
+// loads older pages (history before=) until the beginning.
+func TestBrowserHistoryPaging(t *testing.T) {
+	browser := newBrowser(t)
+	srv := startServer(t)
+	bobWS := connectUser(t, srv, "bob")
+	aliceWS := connectUser(t, srv, "alice")
+	const n = 120
+	for i := 1; i <= n; i++ {
+		bobWS.say(to(aliceWS), fmt.Sprintf("message %d", i))
+	}
+	alice := login(t, newTab(t, browser, 1200, 800), srv.base, "alice")
+	conv := directConv(alice.uid, bobWS.uid)
+	alice.waitBadge(t, conv, n)
+	alice.openConv(t, conv)
+	alice.waitMsg(t, fmt.Sprintf("message %d", n))
+	count := `document.querySelectorAll("#msg-list .msg[data-seq]").length`
+	if got := eval[int](t, alice.ctx, count); got != 50 {
+		t.Fatalf("first page shows %d messages, want 50", got)
+	}
+	alice.waitTotal(t, 0)
+	scrollUp := chromedp.Evaluate[chromedp.Void](`document.getElementById("messages").scrollTop = 0`)
+	do(t, alice.ctx, "scroll up", scrollUp)
+	waitFor(t, alice.ctx, "second page", count+` === 100`)
+	do(t, alice.ctx, "scroll up again", scrollUp)
+	waitFor(t, alice.ctx, "third page", count+` === 120`)
+	waitFor(t, alice.ctx, "beginning shown", `!document.getElementById("history-start").hidden`)
+	seqs := eval[[]int](t, alice.ctx, `[...document.querySelectorAll("#msg-list .msg[data-seq]")].map(e => +e.dataset.seq)`)
+	for i, s := range seqs {
+		if s != i+1 {
+			t.Fatalf("seqs on screen are not 1..%d in order: %v", n, seqs)
+		}
+	}
+	if first := eval[string](t, alice.ctx, `document.querySelector("#msg-list .msg[data-seq] .body").textContent`); first != "message 1" {
+		t.Errorf("first message %q", first)
+	}
+}
+
+// TestBrowserWithOrigins: with --origins set to the UI's own origin, the
+// page (on the HTTP port) may open the WebSocket (on another port).
+func TestBrowserWithOrigins(t *testing.T) {
+	browser := newBrowser(t)
+	srv := startServer(t)
+	// The ports are known only now: restart on them with --origins.
+	srv.Kill()
+	srv.Args = append(srv.Args, "--origins", srv.HTTPURL())
+	srv.Restart()
+	alice := login(t, newTab(t, browser, 1200, 800), srv.base, "alice")
+	do(t, alice.ctx, "open lobby", chromedp.Click(chromedp.CSS("#conv-list .conv")))
+	alice.send(t, "hello lobby")
+	alice.waitMsg(t, "hello lobby")
 }
 
 // TestBrowserPhoneWidth: at phone width the list and the chat are separate
