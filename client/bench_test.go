@@ -1,6 +1,7 @@
 package client
 
 import (
+	"encoding/json"
 	"strconv"
 	"sync/atomic"
 	"testing"
@@ -65,4 +66,31 @@ func BenchmarkReceivePath(b *testing.B) {
 			c.mu.Unlock()
 		})
 	}
+}
+
+var benchMsg = []byte(`{"type":"msg","conv":"d:1:2","seq":12345,"from":2,"ts":1764213000000,"kind":"text","body":"hello there, a typical short chat message","cmid":"a1b2c3d4e5f6-17"}`)
+
+// BenchmarkDecodeMsg compares the `msg` fast path with encoding/json, the
+// decoder of every other frame.
+func BenchmarkDecodeMsg(b *testing.B) {
+	b.Run("fast", func(b *testing.B) {
+		f := new(inFrame)
+		var in interner
+		b.ReportAllocs()
+		for b.Loop() {
+			if !decodeMsg(benchMsg, f, &in) {
+				b.Fatal("fast path refused")
+			}
+		}
+	})
+	b.Run("encoding_json", func(b *testing.B) {
+		f := new(inFrame)
+		b.ReportAllocs()
+		for b.Loop() {
+			*f = inFrame{}
+			if err := json.Unmarshal(benchMsg, f); err != nil {
+				b.Fatal(err)
+			}
+		}
+	})
 }

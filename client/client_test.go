@@ -374,3 +374,39 @@ func TestCloseNoLeaks(t *testing.T) {
 	fs.close()
 	waitFor(t, 5*time.Second, "goroutines to exit", func() bool { return runtime.NumGoroutine() <= base+2 })
 }
+
+func TestRateCloseWaitsBackoffCap(t *testing.T) {
+	fs := newFakeServer(t)
+	_, r := newTestClient(t, fs, 1, func(o *Options) { o.Backoff = Backoff{First: 10 * time.Millisecond, Max: 150 * time.Millisecond} })
+	online := r.countStates(StateOnline)
+	fs.closeAll(CloseRateExceeded)
+	waitFor(t, 5*time.Second, "reconnecting", func() bool { return r.countStates(StateReconnecting) > 0 })
+	if ev := r.lastState(); ev.Code != CloseRateExceeded || ev.Delay != 150*time.Millisecond {
+		t.Fatalf("after 4029: %+v, want the backoff cap", ev)
+	}
+	waitFor(t, 5*time.Second, "online", func() bool { return r.countStates(StateOnline) > online })
+}
+
+func TestRequestsSurviveReconnect(t *testing.T) {
+	fs := newFakeServer(t)
+	fs.store(1, 2, "x")
+	c, r := newTestClient(t, fs, 1, func(o *Options) {
+		o.Backoff = Backoff{First: 200 * time.Millisecond, Max: 200 * time.Millisecond, Rand: func() float64 { return 0.99 }}
+	})
+	online := r.countStates(StateOnline)
+	fs.closeAll(1001)
+	waitFor(t, 5*time.Second, "reconnecting", func() bool { return c.State() == StateReconnecting })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	list, err := c.Convs(ctx) // issued while offline, answered after the reconnect
+	if err != nil || len(list.Items) != 1 {
+		t.Fatalf("convs: %+v %v", list, err)
+	}
+	if r.countStates(StateOnline) <= online {
+		t.Fatal("answered without reconnecting?")
+	}
+	page, err := c.HistoryAfter(ctx, "d:1:2", 0, 10)
+	if err != nil || len(page.Messages) != 1 || page.Messages[0].Body != "x" {
+		t.Fatalf("history: %+v %v", page, err)
+	}
+}

@@ -35,6 +35,7 @@ type session struct {
 	stop       chan struct{} // closed when the reader ended
 	writerDone chan struct{}
 	lastRecv   atomic.Int64 // UnixNano of the last frame received
+	intern     interner     // reader goroutine only
 	deadPeer   atomic.Bool
 }
 
@@ -320,6 +321,10 @@ func (s *session) readLoop() error {
 // process decodes one received text message into f (reused across calls:
 // handlers that keep a frame copy it) and handles it.
 func (s *session) process(data []byte, f *inFrame) {
+	if decodeMsg(data, f, &s.intern) {
+		s.c.handleFrame(s, f)
+		return
+	}
 	*f = inFrame{}
 	if err := json.Unmarshal(data, f); err != nil {
 		s.c.opts.Logger.Warn("magpie: undecodable frame", "err", err)

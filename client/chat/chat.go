@@ -266,12 +266,17 @@ func (u *ui) convNameLocked(conv string) string {
 func (u *ui) onMessage(m client.Message) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if _, ok := u.names[m.From]; !ok && !u.loading {
+	_, known := u.names[m.From]
+	if _, _, gid, _ := client.ParseConv(m.Conv); gid != 0 && u.groups[gid] == "" {
+		known = false // a group this UI has not seen yet: refresh its name too
+	}
+	if !known && !u.loading {
 		u.loading = true
 		go func() {
 			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 			defer cancel()
 			u.loadUsers(ctx, "")
+			u.cmdConvsQuiet(ctx)
 			u.mu.Lock()
 			u.loading = false
 			u.mu.Unlock()
