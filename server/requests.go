@@ -33,7 +33,12 @@ func (c *conn) text(p []byte) {
 	var rid []byte
 	if r.has&hasRID != 0 {
 		if !validRID(r.rid) || r.badField == "rid" {
-			c.errorReply(nil, "", storage.BadRequest, "rid must be a string of 1-64 bytes")
+			// The error carries the request's cmid where it had one (§4).
+			var cmid string
+			if r.typ == tSend && len(r.cmid) >= 1 && len(r.cmid) <= 64 {
+				cmid = string(r.cmid)
+			}
+			c.errorReply(nil, cmid, storage.BadRequest, "rid must be a string of 1-64 bytes")
 			return
 		}
 		rid = r.rid
