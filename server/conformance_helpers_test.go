@@ -1,0 +1,616 @@
+package server_test
+
+// Helpers of the conformance suite: black-box tests of `magpie serve`
+// (a real child process, see internal/testserver) against
+// /work/shared/PROTOCOL.md, speaking only the wire protocol.
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/magpie-im/magpie/internal/testserver"
+	"github.com/magpie-im/magpie/server"
+)
+
+const cfSecret = "conformance-secret-0123456789abcdef0123"
+
+// slack is the scheduling allowance added to "at most 100 ms late".
+func cfSlack() time.Duration {
+	if cfRace {
+		return 150 * time.Millisecond
+	}
+	return 80 * time.Millisecond
+}
+
+// cfServer is a magpie child process with a known --secret.
+type cfServer struct {
+	*testserver.Server
+	t      testing.TB
+	signer *server.Signer
+}
+
+// cfStart starts `magpie serve` with --secret, --fsync=false and
+// --send-rate 0, then flags (later flags override earlier ones).
+func cfStart(t testing.TB, flags ...string) *cfServer {
+	t.Helper()
+	args := append([]string{"--secret", cfSecret, "--fsync=false", "--send-rate", "0"}, flags...)
+	s := testserver.Start(t, args...)
+	return &cfServer{Server: s, t: t, signer: server.NewSigner([]byte(cfSecret), time.Hour)}
+}
+
+// do sends an HTTP request to the API listener.
+func (s *cfServer) do(t testing.TB, method, path string, body []byte, hdr map[string]string) (int, []byte) {
+	t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, s.HTTPURL()+path, rd)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	for k, v := range hdr {
+		if k == "Host" {
+			req.Host = v
+			continue
+		}
+		req.Header.Set(k, v)
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, path, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// postJSON posts v (a string is sent verbatim) and decodes a JSON object
+// answer (nil when the answer is not an object).
+func (s *cfServer) postJSON(t testing.TB, path string, v any) (int, map[string]any, []byte) {
+	t.Helper()
+	var b []byte
+	switch x := v.(type) {
+	case string:
+		b = []byte(x)
+	case []byte:
+		b = x
+	default:
+		b, _ = json.Marshal(v)
+	}
+	code, out := s.do(t, "POST", path, b, nil)
+	var m map[string]any
+	_ = json.Unmarshal(out, &m)
+	return code, m, out
+}
+
+func (s *cfServer) register(t testing.TB, name, pw string) (int, map[string]any) {
+	t.Helper()
+	code, m, _ := s.postJSON(t, "/api/register", map[string]string{"username": name, "password": pw})
+	return code, m
+}
+
+func (s *cfServer) login(t testing.TB, name, pw string) (int, map[string]any) {
+	t.Helper()
+	code, m, _ := s.postJSON(t, "/api/login", map[string]string{"username": name, "password": pw})
+	return code, m
+}
+
+// user registers name (password "password1") and returns its uid and a
+// token minted with the server's secret.
+func (s *cfServer) user(t testing.TB, name string) (int64, string) {
+	t.Helper()
+	code, m := s.register(t, name, "password1")
+	if code != 201 {
+		t.Fatalf("register %s: %d %v", name, code, m)
+	}
+	uid := cfNum(m["uid"])
+	if uid <= 0 {
+		t.Fatalf("register %s: uid %v", name, m["uid"])
+	}
+	tok, _ := s.signer.Mint(uint64(uid))
+	return uid, tok
+}
+
+func (s *cfServer) url(q string) string {
+	if q == "" {
+		return s.WSURL()
+	}
+	return s.WSURL() + "?" + q
+}
+
+// cfWantAPIError checks an error answer: status and {"error":code,"message":…}.
+func cfWantAPIError(t testing.TB, what string, status int, body []byte, wantStatus int, wantCode string) {
+	t.Helper()
+	if status != wantStatus {
+		t.Errorf("%s: HTTP %d, want %d (body %s)", what, status, wantStatus, body)
+		return
+	}
+	var m map[string]any
+	if err := json.Unmarshal(body, &m); err != nil {
+		t.Errorf("%s: error body is not a JSON object: %q", what, body)
+		return
+	}
+	if m["error"] != wantCode {
+		t.Errorf("%s: error %v, want %q (body %s)", what, m["error"], wantCode, body)
+	}
+	if msg, ok := m["message"].(string); !ok || msg == "" {
+		t.Errorf("%s: message missing or not a string: %s", what, body)
+	}
+}
+
+// num converts a JSON number to int64; -1 when v is not a number.
+func cfNum(v any) int64 {
+	f, ok := v.(float64)
+	if !ok {
+		return -1
+	}
+	return int64(f)
+}
+
+// ---- WebSocket client ----
+
+type cfFrame struct {
+	raw []byte
+	m   map[string]any
+}
+
+// cfConn is a conformance client on gorilla/websocket with a reader goroutine.
+type cfConn struct {
+	t    testing.TB
+	name string
+	c    *websocket.Conn
+	in   chan cfFrame
+	done chan struct{}
+	wmu  sync.Mutex
+	mu   sync.Mutex
+	code int
+}
+
+// cfDialWS dials url; it returns the HTTP status on handshake failure.
+func cfDialWS(t testing.TB, url string, hdr http.Header) (*cfConn, int, error) {
+	t.Helper()
+	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
+	c, resp, err := d.Dial(url, hdr)
+	if err != nil {
+		st := 0
+		if resp != nil {
+			st = resp.StatusCode
+		}
+		return nil, st, err
+	}
+	x := &cfConn{t: t, c: c, in: make(chan cfFrame, 8192), done: make(chan struct{}), code: -1}
+	c.SetCloseHandler(func(code int, text string) error {
+		x.mu.Lock()
+		x.code = code
+		x.mu.Unlock()
+		x.wmu.Lock()
+		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
+		x.wmu.Unlock()
+		return nil
+	})
+	go func() {
+		defer close(x.done)
+		for {
+			typ, p, err := c.ReadMessage()
+			if err != nil {
+				x.mu.Lock()
+				if ce, ok := err.(*websocket.CloseError); ok {
+					x.code = ce.Code
+				} else if x.code == -1 {
+					x.code = 1006
+				}
+				x.mu.Unlock()
+				return
+			}
+			var m map[string]any
+			if typ != websocket.TextMessage || json.Unmarshal(p, &m) != nil {
+				t.Errorf("server sent a non-JSON-object message (type %d): %q", typ, p)
+				continue
+			}
+			x.in <- cfFrame{raw: p, m: m}
+		}
+	}()
+	t.Cleanup(func() { c.Close() })
+	return x, 101, nil
+}
+
+func cfDial(t testing.TB, url string) *cfConn {
+	t.Helper()
+	c, st, err := cfDialWS(t, url, nil)
+	if err != nil {
+		t.Fatalf("dial %s: %v (HTTP %d)", url, err, st)
+	}
+	return c
+}
+
+// connect dials with the token in the URL and returns after welcome.
+func (s *cfServer) connect(t testing.TB, tok string, q ...string) *cfConn {
+	t.Helper()
+	u := "token=" + tok
+	for _, x := range q {
+		u += "&" + x
+	}
+	c := cfDial(t, s.url(u))
+	if w := c.next(); w["type"] != "welcome" {
+		t.Fatalf("want welcome, got %v", w)
+	}
+	return c
+}
+
+func (c *cfConn) write(typ int, b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.c.WriteMessage(typ, b)
+}
+
+// send writes v as a text message (a string or []byte verbatim).
+func (c *cfConn) send(v any) {
+	c.t.Helper()
+	var b []byte
+	switch x := v.(type) {
+	case string:
+		b = []byte(x)
+	case []byte:
+		b = x
+	default:
+		var err error
+		if b, err = json.Marshal(v); err != nil {
+			c.t.Fatal(err)
+		}
+	}
+	if err := c.write(websocket.TextMessage, b); err != nil {
+		c.t.Fatalf("write: %v", err)
+	}
+}
+
+func (c *cfConn) nextFrame(within time.Duration) cfFrame {
+	c.t.Helper()
+	select {
+	case f := <-c.in:
+		return f
+	case <-c.done:
+		select {
+		case f := <-c.in:
+			return f
+		default:
+		}
+		c.t.Fatalf("%sconnection closed (code %d) while waiting for a frame", c.label(), c.closeCode())
+	case <-time.After(within):
+		c.t.Fatalf("%sno frame within %v", c.label(), within)
+	}
+	return cfFrame{}
+}
+
+func (c *cfConn) label() string {
+	if c.name == "" {
+		return ""
+	}
+	return c.name + ": "
+}
+
+// next returns the next frame within 5 s.
+func (c *cfConn) next() map[string]any {
+	c.t.Helper()
+	return c.nextFrame(5 * time.Second).m
+}
+
+// expect returns the next frame and fails unless its type is typ.
+func (c *cfConn) expect(typ string) map[string]any {
+	c.t.Helper()
+	m := c.next()
+	if m["type"] != typ {
+		c.t.Fatalf("%swant a %q frame, got %v", c.label(), typ, m)
+	}
+	return m
+}
+
+// expectErr reads the next frame and checks it is an error with code; rid
+// "" means the frame must carry no rid.
+func (c *cfConn) expectErr(code, rid string) map[string]any {
+	c.t.Helper()
+	m := c.next()
+	if m["type"] != "error" || m["code"] != code {
+		c.t.Fatalf("%swant error %s, got %v", c.label(), code, m)
+	}
+	cfCheckRID(c.t, m, rid)
+	return m
+}
+
+// cfCheckRID: rid "" means absent.
+func cfCheckRID(t testing.TB, m map[string]any, rid string) {
+	t.Helper()
+	got, has := m["rid"]
+	if rid == "" && has {
+		t.Errorf("frame %v carries rid %v, want none", m, got)
+	}
+	if rid != "" && got != rid {
+		t.Errorf("frame %v: rid %v, want %q", m, got, rid)
+	}
+}
+
+// quiet asserts that no frame arrives for d (only to check that something
+// does NOT happen).
+func (c *cfConn) quiet(d time.Duration) {
+	c.t.Helper()
+	select {
+	case f := <-c.in:
+		c.t.Fatalf("%sunexpected frame %s", c.label(), f.raw)
+	case <-time.After(d):
+	}
+}
+
+// ping round-trips a ping: the connection is open and every earlier reply
+// has been read.
+func (c *cfConn) ping() {
+	c.t.Helper()
+	c.send(`{"type":"ping","rid":"sync"}`)
+	if p := c.next(); p["type"] != "pong" || p["rid"] != "sync" {
+		c.t.Fatalf("%swant pong sync, got %v", c.label(), p)
+	}
+}
+
+func (c *cfConn) waitClose(within time.Duration) int {
+	c.t.Helper()
+	select {
+	case <-c.done:
+		return c.closeCode()
+	case <-time.After(within):
+		c.t.Fatalf("%sconnection not closed within %v", c.label(), within)
+	}
+	return 0
+}
+
+// waitCloseDrain skips frames until the close.
+func (c *cfConn) isClosed() bool {
+	select {
+	case <-c.done:
+		return true
+	default:
+		return false
+	}
+}
+
+func (c *cfConn) closeCode() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.code
+}
+
+// sendMsg sends a message and returns its sent frame.
+func (c *cfConn) sendMsg(cmid string, to, group int64, body string) map[string]any {
+	c.t.Helper()
+	f := map[string]any{"type": "send", "cmid": cmid, "body": body}
+	if to != 0 {
+		f["to"] = to
+	}
+	if group != 0 {
+		f["group"] = group
+	}
+	c.send(f)
+	s := c.next()
+	if s["type"] != "sent" || s["cmid"] != cmid {
+		c.t.Fatalf("%ssend %s: got %v", c.label(), cmid, s)
+	}
+	return s
+}
+
+func cfD(a, b int64) string {
+	if a > b {
+		a, b = b, a
+	}
+	return fmt.Sprintf("d:%d:%d", a, b)
+}
+
+func cfG(g int64) string { return fmt.Sprintf("g:%d", g) }
+
+// ---- raw TCP client ----
+
+type cfRaw struct {
+	t testing.TB
+	net.Conn
+	br *bufio.Reader
+}
+
+func cfDialRaw(t testing.TB, addr string) *cfRaw {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &cfRaw{t: t, Conn: c, br: bufio.NewReader(c)}
+}
+
+const cfUpgradeHdrs = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+
+// handshake sends an upgrade for /ws?q and returns the response head.
+func (r *cfRaw) handshake(q string) string {
+	r.t.Helper()
+	path := "/ws"
+	if q != "" {
+		path += "?" + q
+	}
+	fmt.Fprintf(r, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", path, cfUpgradeHdrs)
+	return r.head()
+}
+
+func (r *cfRaw) upgrade(q string) {
+	r.t.Helper()
+	if h := r.handshake(q); !strings.HasPrefix(h, "HTTP/1.1 101") {
+		_ = r.SetReadDeadline(time.Now().Add(time.Second))
+		body := make([]byte, 512)
+		n, _ := r.br.Read(body)
+		r.t.Fatalf("upgrade of /ws?%s failed: %q %q", q, h, body[:n])
+	}
+}
+
+// head reads an HTTP response head.
+func (r *cfRaw) head() string {
+	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
+	var b strings.Builder
+	for !strings.HasSuffix(b.String(), "\r\n\r\n") {
+		c, err := r.br.ReadByte()
+		if err != nil {
+			break
+		}
+		b.WriteByte(c)
+	}
+	return b.String()
+}
+
+// frame writes one client frame, masked unless unmasked.
+func (r *cfRaw) frame(fin bool, op byte, payload []byte, masked bool) {
+	r.t.Helper()
+	b0 := op
+	if fin {
+		b0 |= 0x80
+	}
+	hdr := []byte{b0}
+	mbit := byte(0)
+	if masked {
+		mbit = 0x80
+	}
+	switch n := len(payload); {
+	case n < 126:
+		hdr = append(hdr, mbit|byte(n))
+	case n < 65536:
+		hdr = append(hdr, mbit|126, byte(n>>8), byte(n))
+	default:
+		hdr = append(hdr, mbit|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
+	}
+	p := append([]byte(nil), payload...)
+	if masked {
+		key := []byte{7, 1, 9, 3}
+		hdr = append(hdr, key...)
+		for i := range p {
+			p[i] ^= key[i%4]
+		}
+	}
+	if _, err := r.Write(append(hdr, p...)); err != nil {
+		r.t.Fatalf("write frame: %v", err)
+	}
+}
+
+// readFrame reads one server frame within d.
+func (r *cfRaw) readFrame(d time.Duration) (op byte, payload []byte, err error) {
+	_ = r.SetReadDeadline(time.Now().Add(d))
+	h := make([]byte, 2)
+	if _, err = io.ReadFull(r.br, h); err != nil {
+		return
+	}
+	if h[1]&0x80 != 0 {
+		return 0, nil, fmt.Errorf("server frame is masked")
+	}
+	op = h[0] & 0x0F
+	n := int(h[1] & 0x7F)
+	switch n {
+	case 126:
+		e := make([]byte, 2)
+		if _, err = io.ReadFull(r.br, e); err != nil {
+			return
+		}
+		n = int(e[0])<<8 | int(e[1])
+	case 127:
+		e := make([]byte, 8)
+		if _, err = io.ReadFull(r.br, e); err != nil {
+			return
+		}
+		n = 0
+		for _, x := range e {
+			n = n<<8 | int(x)
+		}
+	}
+	payload = make([]byte, n)
+	_, err = io.ReadFull(r.br, payload)
+	return
+}
+
+// expectClose reads frames until a close frame (within d) and returns its
+// code (1005 without one); it then checks that TCP closes within 1 s.
+func (r *cfRaw) expectClose(d time.Duration) int {
+	r.t.Helper()
+	deadline := time.Now().Add(d)
+	for {
+		op, p, err := r.readFrame(time.Until(deadline))
+		if err != nil {
+			r.t.Fatalf("no close frame: %v", err)
+		}
+		if op == 8 {
+			code := 1005
+			if len(p) >= 2 {
+				code = int(p[0])<<8 | int(p[1])
+			}
+			_ = r.SetReadDeadline(time.Now().Add(time.Second + cfSlack()))
+			if _, err := r.br.ReadByte(); err == nil {
+				r.t.Errorf("data after the close frame")
+			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				r.t.Errorf("TCP not closed within 1s after the close frame")
+			}
+			return code
+		}
+	}
+}
+
+// ---- process inspection ----
+
+// cfVmRSS returns the VmRSS of pid in KiB.
+func cfVmRSS(t testing.TB, pid int) int64 {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/status", pid))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(l); len(f) >= 2 && f[0] == "VmRSS:" {
+			n, _ := strconv.ParseInt(f[1], 10, 64)
+			return n
+		}
+	}
+	t.Fatal("no VmRSS")
+	return 0
+}
+
+// cfTCPState returns the state (hex, e.g. "01" ESTABLISHED) and queue sizes
+// of the IPv4 socket local→remote in /proc/net/tcp; ok false when absent.
+func cfTCPState(t testing.TB, local, remote *net.TCPAddr) (state string, txq, rxq int64, ok bool) {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/tcp")
+	if err != nil {
+		t.Fatal(err)
+	}
+	enc := func(a *net.TCPAddr) string {
+		ip := a.IP.To4()
+		return fmt.Sprintf("%02X%02X%02X%02X:%04X", ip[3], ip[2], ip[1], ip[0], a.Port)
+	}
+	l, r := enc(local), enc(remote)
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 5 || f[1] != l || f[2] != r {
+			continue
+		}
+		q := strings.SplitN(f[4], ":", 2)
+		tx, _ := strconv.ParseInt(q[0], 16, 64)
+		rx, _ := strconv.ParseInt(q[1], 16, 64)
+		return f[3], tx, rx, true
+	}
+	return "", 0, 0, false
+}
+
+func cfNewReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
