@@ -60,12 +60,13 @@
 // late.
 //
 // Now is a coarse clock: an atomic load of a value that the clock goroutine
-// stores every Tick, set one Tick past the next Tick boundary. It is never
-// behind the real time as long as that goroutine runs less than about 3/4
-// Tick late (ClockStalls counts the times it was later), and at most 2 Ticks
+// stores every Tick, set two Ticks past the next Tick boundary. It is never
+// behind the real time as long as that goroutine runs less than 1¾ Ticks
+// late (ClockStalls counts the times it was later; an event loop busy for
+// 10ms can delay it that much on a saturated machine), and 2 to 3 Ticks
 // ahead; a deadline `Now() + d` with d a whole number of Ticks then fires
-// between d+1 and d+2 Ticks after the event, plus the scheduling delay of the
-// expiry goroutine.
+// between d+2 and d+3 Ticks after the event (20–30ms by default, well inside
+// PROTOCOL.md's 100ms), plus the scheduling delay of the expiry goroutine.
 //
 // # Concurrency
 //
@@ -231,7 +232,7 @@ func (w *Wheel) Start() {
 		w.tw.Start()
 		r := w.precise()
 		w.skew = time.Now().UnixNano() - r
-		w.now.Store(roundUp(r, w.tick) + w.tick)
+		w.now.Store(roundUp(r, w.tick) + 2*w.tick)
 		go w.runClock()
 	})
 }
@@ -265,7 +266,7 @@ func (w *Wheel) Stop() {
 
 // Now returns the current time in Unix nanoseconds as the timers see it,
 // cheaply (a coarse clock advanced every Tick, rounded up so that a deadline
-// computed from it is never early: it runs 1 to 2 Ticks ahead of the real
+// computed from it is never early: it runs 2 to 3 Ticks ahead of the real
 // time). Before Start, after Stop and in manual mode it reads the clock and
 // rounds up to the Tick. Safe from any goroutine.
 func (w *Wheel) Now() int64 {
@@ -293,7 +294,7 @@ func (w *Wheel) Live() int {
 }
 
 // ClockStalls returns how many times the goroutine advancing Now woke so late
-// (more than about 3/4 Tick: an overloaded machine, a stop-the-world pause)
+// (more than 1¾ Ticks: an overloaded machine, a long stop-the-world pause)
 // that Now fell behind the real time in between; a deadline computed from Now
 // then may have been early by up to the stall. Export it as a metric; it
 // should stay 0. Safe from any goroutine.

@@ -14,8 +14,8 @@ func (w *Wheel) precise() int64 {
 
 // runClock advances the coarse clock read by Now, once per Tick, and
 // watches the wall clock for steps. It wakes a quarter Tick after each Tick
-// boundary g and stores g + 2·Tick, a value that stays ahead of the real
-// time until the next wake even if that one is up to 3/4 Tick late.
+// boundary g and stores g + 3·Tick, a value that stays ahead of the real
+// time until the next wake even if that one is up to 1¾ Ticks late.
 func (w *Wheel) runClock() {
 	defer close(w.done)
 	phase := w.tick / 4
@@ -28,7 +28,7 @@ func (w *Wheel) runClock() {
 			// We woke so late that Now was behind the real time for a while.
 			w.stalls.Add(1)
 		}
-		w.now.Store(roundUp(r, w.tick) + w.tick)
+		w.now.Store(roundUp(r, w.tick) + 2*w.tick)
 		if skew := tn.UnixNano() - r; skew-w.skew > w.tick/2 || w.skew-skew > w.tick/2 {
 			w.skew = skew
 			w.rearmAll()

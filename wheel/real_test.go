@@ -95,8 +95,8 @@ func TestRealNow(t *testing.T) {
 	if maxBehind > 0 && w.ClockStalls() == 0 {
 		t.Fatalf("Now was %v behind the clock without a clock stall", time.Duration(maxBehind))
 	}
-	if maxLead > 2*ms(10) {
-		t.Fatalf("Now leads by %v > 2 Ticks", time.Duration(maxLead))
+	if maxLead > 3*ms(10) {
+		t.Fatalf("Now leads by %v > 3 Ticks", time.Duration(maxLead))
 	}
 }
 
@@ -106,16 +106,24 @@ func TestRealLazyRearm(t *testing.T) {
 	var tm Timer
 	fired := make(chan int64, 1)
 	tm.Init(w, func() { fired <- w.precise() })
-	idle := ms(60)
-	var last int64
+	idle := ms(150)
+	var last, prevAt, maxGap int64
 	tick := time.NewTicker(15 * time.Millisecond)
 	defer tick.Stop()
-	for i := 0; i < 25; i++ { // 375ms of traffic, one frame per 15ms
+	for i := 0; i < 30; i++ { // 450ms of traffic, one frame per 15ms
+		at := w.precise()
+		if prevAt != 0 {
+			maxGap = max(maxGap, at-prevAt)
+		}
+		prevAt = at
 		last = w.Now() + idle
 		tm.Set(last)
 		select {
 		case <-fired:
-			t.Fatalf("fired while touched (frame %d)", i)
+			if maxGap >= idle {
+				t.Skipf("machine too loaded: %v between two frames", time.Duration(maxGap))
+			}
+			t.Fatalf("fired while touched (frame %d, largest gap %v)", i, time.Duration(maxGap))
 		case <-tick.C:
 		}
 	}
