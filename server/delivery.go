@@ -154,9 +154,17 @@ func (c *conn) ack(r *request) {
 	w.live -= n
 	c.lp.srv.m.acks.Add(float64(n))
 	if w.live == 0 {
-		c.win = nil
-		c.retxAt = 0
-		c.retx.Stop()
+		// Keep a small window for the next push (no allocation per
+		// message); drop a large one so memory per connection stays low.
+		if cap(w.ents) > 64 {
+			c.win = nil
+		} else {
+			clear(w.ents)
+			w.ents, w.head = w.ents[:0], 0
+		}
+		// The retransmit timer stays armed: when it fires on an empty
+		// window it simply is not re-armed (cheaper than stop + re-add
+		// per message).
 		return
 	}
 	w.compact()
@@ -166,7 +174,8 @@ func (c *conn) ack(r *request) {
 // A push first sent at t0 is resent at t0 + T·(2^k − 1), k = 1…R, and the
 // connection closes at t0 + T·(2^(R+1) − 1). REQUIRES: owning event loop.
 func (c *conn) onRetx(context.Context) error {
-	if c.state != stOpen || c.win == nil {
+	if c.state != stOpen || c.win == nil || c.win.live == 0 {
+		c.retxAt = 0
 		return nil
 	}
 	s := c.lp.srv
@@ -202,7 +211,9 @@ func (c *conn) onRetx(context.Context) error {
 	}
 	if c.state == stOpen {
 		c.retxAt = next
-		c.retx.Set(next)
+		if next != 0 {
+			c.retx.Set(next)
+		}
 	}
 	return nil
 }

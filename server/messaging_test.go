@@ -121,7 +121,6 @@ func TestDirectChat(t *testing.T) {
 		{map[string]any{"type": "bogus"}, "bad_request"},
 	} {
 		cb.send(tc.frame)
-		t.Logf("frame %v", tc.frame)
 		if e := cb.nextType("error"); e["code"] != tc.code {
 			t.Fatalf("%v: got %v, want %s", tc.frame, e, tc.code)
 		}
