@@ -82,8 +82,8 @@ type Options struct {
 	// OnMessage receives every message exactly once, in seq order per
 	// conversation, the user's own included: messages sent by this client
 	// (after their `sent`) and by the user's other connections. Callbacks run one at a time on one goroutine, in the
-	// order of events; a message is acked after OnMessage returns, so a
-	// slow handler slows the server's pushes. Callbacks may call any Client
+	// order of events; a message is acked after OnMessage returns (see
+	// the package documentation for what a slow handler causes). Callbacks may call any Client
 	// method except Close.
 	OnMessage func(Message)
 	// OnState receives connection state changes.
