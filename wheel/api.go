@@ -119,6 +119,7 @@ type Options struct {
 const (
 	defaultTick = 10 * time.Millisecond
 	defaultSize = 512
+	maxShards   = 8
 )
 
 // EnsureDefaults fills the zero fields of o with their defaults and returns o.
@@ -195,10 +196,11 @@ func New(o Options) *Wheel {
 	if err := o.Validate(); err != nil {
 		panic(err)
 	}
-	n := runtime.GOMAXPROCS(0)
-	if n > 64 {
-		n = 64
-	}
+	// One shard per P, at most maxShards: each shard has its own slot per
+	// Tick (a timingwheel timer, an expiry goroutine, ~250 bytes), so more
+	// shards cost memory and wake-ups while lock contention is already low
+	// (the lock is taken on slow paths only).
+	n := min(runtime.GOMAXPROCS(0), maxShards)
 	n = 1 << bits.Len(uint(n-1)) // round up to a power of two
 	w := &Wheel{
 		tick:   int64(o.Tick),
