@@ -44,8 +44,8 @@ func (t *Timer) Init(w *Wheel, fire func()) {
 // an earlier deadline, an armed timer whose expiry is being processed) it
 // takes the timer's shard lock and moves the timer to the slot of at.
 //
-// Safe from any goroutine (usually the owning event loop); the last of
-// concurrent Sets wins. REQUIRES: Init.
+// Safe from any goroutine (usually the owning event loop); of concurrent
+// Sets on one timer, one wins. REQUIRES: Init.
 func (t *Timer) Set(at int64) {
 	if t.deadline.Load() != at { // repeated touches within one Tick store nothing
 		t.deadline.Store(at)
