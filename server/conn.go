@@ -139,7 +139,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 		}
 		if n < 0 {
 			s.m.handshakes.WithLabelValues("431").Inc()
-			_, _ = gc.Write([]byte("HTTP/1.1 431 Request Header Fields Too Large\r\nContent-Type: application/json\r\nContent-Length: 71\r\nConnection: close\r\n\r\n{\"error\":\"bad_request\",\"message\":\"request header fields too large\"}\n"))
+			_, _ = gc.Write(wsproto.AppendHTTPError(nil, 431, "request header fields too large"))
 			c.state = stClosing
 			return gnet.Close
 		}

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/magpie-im/magpie/storage"
@@ -136,6 +137,12 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	}
 	s.wheel = wheel.New(wheel.Options{})
 	s.wheel.Start()
+	s.m.reg.MustRegister(
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "magpie_timers_armed", Help: "Armed connection timers (auth/idle and ACK retransmit)."},
+			func() float64 { return float64(s.wheel.Live()) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "magpie_wheel_clock_stalls_total", Help: "Times the wheel's coarse clock fell behind real time (its goroutine was descheduled)."},
+			func() float64 { return float64(s.wheel.ClockStalls()) }),
+	)
 	defer s.wheel.Stop()
 	s.upgrader = wsproto.Upgrader{Path: "/ws", Authorize: s.authorizeURL}
 	if len(cfg.Origins) > 0 {
