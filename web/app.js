@@ -7,6 +7,7 @@ const $ = (id) => document.getElementById(id);
 const SESSION_KEY = "magpie.session";
 const DEVICE_KEY = "magpie.device";
 const PAGE = 50;
+const PEOPLE_PAGE = 100;
 
 /** el creates an element with a class and text content. */
 function el(tag, cls, text) {
@@ -78,6 +79,7 @@ const S = {
   tab: "chats",
   query: "",
   people: [],
+  peopleMore: false,
   renderQueued: false,
   readQueued: false,
 };
@@ -454,15 +456,38 @@ function searchPeople() {
     if (!S.session) return;
     const q = S.query;
     try {
-      const list = await api.users(S.session.token, { q, limit: 100 });
+      const list = await api.users(S.session.token, { q, limit: PEOPLE_PAGE });
       if (q !== S.query) return; // a newer search is running
       S.people = list;
+      S.peopleMore = list.length === PEOPLE_PAGE;
       for (const u of list) S.users.set(u.uid, u.username);
       scheduleRender();
     } catch (e) {
       if (e instanceof APIError && e.status === 401) logout("Your session has expired. Please sign in again.");
     }
   }, 150);
+}
+
+// morePeople loads the next page of the People list (uid cursor).
+let peopleLoading = false;
+async function morePeople() {
+  if (peopleLoading || !S.peopleMore || !S.session || !S.people.length) return;
+  peopleLoading = true;
+  const q = S.query;
+  try {
+    const after = S.people[S.people.length - 1].uid;
+    const list = await api.users(S.session.token, { q, limit: PEOPLE_PAGE, after });
+    if (q === S.query) {
+      S.people = S.people.concat(list);
+      S.peopleMore = list.length === PEOPLE_PAGE;
+      for (const u of list) S.users.set(u.uid, u.username);
+      scheduleRender();
+    }
+  } catch {
+    // the next scroll retries
+  } finally {
+    peopleLoading = false;
+  }
 }
 
 function setTab(tab) {
@@ -890,6 +915,10 @@ function wire() {
   });
   $("messages").addEventListener("scroll", () => {
     if (S.active && $("messages").scrollTop < 120) loadOlder(S.active);
+  });
+  $("people-list").addEventListener("scroll", () => {
+    const l = $("people-list");
+    if (l.scrollHeight - l.scrollTop - l.clientHeight < 200) morePeople();
   });
   $("group-btn").onclick = openGroupDialog;
   $("group-close").onclick = () => $("group-dialog").close();
