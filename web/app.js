@@ -339,7 +339,12 @@ function renderConn(state, code) {
     banner.append(el("span", "", "You are offline: this chat was opened in another tab or window."));
     const b = el("button", "ghost small", "Use here");
     b.type = "button";
-    b.onclick = () => S.session && startApp(S.session);
+    // Most likely a duplicated tab, which copies sessionStorage and so the
+    // device id: take a new one so both tabs can stay online.
+    b.onclick = () => {
+      sessionStorage.removeItem(DEVICE_KEY);
+      if (S.session) startApp(S.session);
+    };
     banner.append(b);
     banner.hidden = false;
   } else {
