@@ -81,7 +81,11 @@ func (c *conn) queue(frame []byte) {
 	c.pend = append(c.pend, frame)
 }
 
-// flush writes every dirty connection's queued frames, one writev each.
+// maxIovecs bounds the buffers of one Writev (Linux IOV_MAX is 1024).
+const maxIovecs = 512
+
+// flush writes every dirty connection's queued frames, one writev per
+// maxIovecs frames.
 // REQUIRES: owning event loop.
 func (lp *loop) flush() {
 	if len(lp.dirty) == 0 {
@@ -100,10 +104,19 @@ func (lp *loop) flush() {
 		}
 		m.framesOut.Add(float64(len(c.pend)))
 		m.bytesOut.Add(float64(n))
-		if len(c.pend) == 1 {
-			_, _ = c.gc.Write(c.pend[0])
-		} else {
-			_, _ = c.gc.Writev(c.pend)
+		// gnet hands Writev's slices to writev(2) as they are when nothing
+		// is buffered, and writev fails with EINVAL above IOV_MAX (1024)
+		// buffers, which closes the connection: write in chunks. A chunk
+		// that cannot go out at once is buffered, and later chunks queue
+		// behind it, in order.
+		for p := c.pend; len(p) > 0 && c.state == stOpen; {
+			k := min(len(p), maxIovecs)
+			if k == 1 {
+				_, _ = c.gc.Write(p[0])
+			} else {
+				_, _ = c.gc.Writev(p[:k])
+			}
+			p = p[k:]
 		}
 		clear(c.pend)
 		if cap(c.pend) > 64 {
