@@ -1,0 +1,275 @@
+package server_test
+
+// Helpers of the fault tests (fault_*_test.go). These tests are black-box:
+// they run `magpie serve` as a child process (internal/testserver) and
+// speak only the wire protocol of PROTOCOL.md, so they also exercise the
+// signal handling, exit codes and start-up of the real binary.
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/magpie-im/magpie/internal/testserver"
+	"github.com/magpie-im/magpie/server"
+)
+
+const fltSecret = "fault-secret-0123456789abcdef0123456789"
+
+// fltSigner mints tokens the servers started with --secret fltSecret
+// accept.
+var fltSigner = server.NewSigner([]byte(fltSecret), time.Hour)
+
+// fltStart starts `magpie serve --secret fltSecret` plus args in dir
+// (a fresh temporary dir when empty).
+func fltStart(t testing.TB, dir string, args ...string) *testserver.Server {
+	t.Helper()
+	args = append([]string{"--secret", fltSecret, "--log-level", "warn"}, args...)
+	if dir == "" {
+		return testserver.Start(t, args...)
+	}
+	return testserver.StartIn(t, dir, args...)
+}
+
+// register creates a user over HTTP and returns its uid.
+func fltRegister(t testing.TB, srv *testserver.Server, name string) uint64 {
+	t.Helper()
+	b, _ := json.Marshal(map[string]string{"username": name, "password": "password1"})
+	resp, err := http.Post(srv.HTTPURL()+"/api/register", "application/json", bytes.NewReader(b))
+	if err != nil {
+		t.Fatalf("register %s: %v", name, err)
+	}
+	defer resp.Body.Close()
+	var out struct {
+		UID uint64 `json:"uid"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&out); err != nil || resp.StatusCode != http.StatusCreated || out.UID == 0 {
+		t.Fatalf("register %s: HTTP %d, uid %d, %v", name, resp.StatusCode, out.UID, err)
+	}
+	return out.UID
+}
+
+func fltToken(uid uint64) string {
+	tok, _ := fltSigner.Mint(uid)
+	return tok
+}
+
+// fltFrame is one server frame. Numbers decode as float64, exact below 2^53
+// (PROTOCOL: every integer is).
+type fltFrame map[string]any
+
+func (f fltFrame) str(k string) string { s, _ := f[k].(string); return s }
+func (f fltFrame) num(k string) uint64 { n, _ := f[k].(float64); return uint64(n) }
+
+// fltConn is a WebSocket client with a reader goroutine. Only one goroutine
+// may write (write, writeRaw); any may read in.
+type fltConn struct {
+	c    *websocket.Conn
+	in   chan fltFrame // frames in arrival order
+	done chan struct{} // closed when the reader stops (after the last fltFrame)
+
+	mu   sync.Mutex
+	code int   // close code of the server's close frame; 0: none
+	err  error // the reader's final error
+}
+
+// dial opens a WebSocket; a non-empty tok authenticates in the URL and the
+// welcome frame is consumed before dial returns.
+func fltDial(srv *testserver.Server, tok string) (*fltConn, error) {
+	url := srv.WSURL()
+	if tok != "" {
+		url += "?token=" + tok
+	}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	c, resp, err := d.Dial(url, nil)
+	if err != nil {
+		if resp != nil {
+			return nil, fmt.Errorf("dial: %w (HTTP %d)", err, resp.StatusCode)
+		}
+		return nil, fmt.Errorf("dial: %w", err)
+	}
+	wc := &fltConn{c: c, in: make(chan fltFrame, 1<<14), done: make(chan struct{})}
+	go wc.read()
+	if tok != "" {
+		f, err := wc.next(10 * time.Second)
+		if err != nil {
+			c.Close()
+			return nil, fmt.Errorf("waiting for welcome: %w", err)
+		}
+		if f.str("type") != "welcome" {
+			c.Close()
+			return nil, fmt.Errorf("want welcome, got %v", f)
+		}
+	}
+	return wc, nil
+}
+
+func fltMustDial(t testing.TB, srv *testserver.Server, tok string) *fltConn {
+	t.Helper()
+	c, err := fltDial(srv, tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.c.Close() })
+	return c
+}
+
+func (c *fltConn) read() {
+	defer close(c.done)
+	for {
+		_, p, err := c.c.ReadMessage()
+		if err != nil {
+			c.mu.Lock()
+			var ce *websocket.CloseError
+			if errors.As(err, &ce) {
+				c.code = ce.Code
+			}
+			c.err = err
+			c.mu.Unlock()
+			return
+		}
+		var f fltFrame
+		if err := json.Unmarshal(p, &f); err != nil {
+			c.mu.Lock()
+			c.err = fmt.Errorf("server sent invalid JSON %q: %w", p, err)
+			c.mu.Unlock()
+			return
+		}
+		c.in <- f
+	}
+}
+
+var fltErrClosed = errors.New("connection closed")
+
+// next returns the next frame, fltErrClosed once the connection is closed and
+// every frame before the close was taken, or a timeout error.
+func (c *fltConn) next(within time.Duration) (fltFrame, error) {
+	tm := time.NewTimer(within)
+	defer tm.Stop()
+	select {
+	case f := <-c.in:
+		return f, nil
+	case <-c.done:
+		select {
+		case f := <-c.in:
+			return f, nil
+		default:
+			return nil, fltErrClosed
+		}
+	case <-tm.C:
+		return nil, fmt.Errorf("no frame within %v", within)
+	}
+}
+
+func (c *fltConn) write(v any) error {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return err
+	}
+	return c.c.WriteMessage(websocket.TextMessage, b)
+}
+
+// closeCode waits up to within for the reader to stop and returns the close
+// code the server sent (0: none) and the reader's error.
+func (c *fltConn) closeCode(within time.Duration) (int, error) {
+	select {
+	case <-c.done:
+	case <-time.After(within):
+		return 0, fmt.Errorf("connection not closed within %v", within)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.code, c.err
+}
+
+// request writes v (which carries rid) and returns the reply with that rid,
+// acking and skipping pushes and other frames meanwhile.
+func (c *fltConn) request(v map[string]any) (fltFrame, error) {
+	if err := c.write(v); err != nil {
+		return nil, err
+	}
+	rid := v["rid"]
+	for {
+		f, err := c.next(10 * time.Second)
+		if err != nil {
+			return nil, fmt.Errorf("%v: %w", v, err)
+		}
+		if f.str("type") == "msg" {
+			_ = c.write(map[string]any{"type": "ack", "conv": f.str("conv"), "seq": f.num("seq")})
+			continue
+		}
+		if f["rid"] == rid {
+			return f, nil
+		}
+	}
+}
+
+// fltMsg is one message of a history reply.
+type fltMsg struct {
+	Conv string
+	Seq  uint64
+	From uint64
+	TS   uint64
+	Kind string
+	Body string
+	CMID string
+}
+
+// history returns every message of conv, ascending, paging with after.
+func (c *fltConn) history(conv string) ([]fltMsg, error) {
+	var out []fltMsg
+	var after uint64
+	for page := 0; ; page++ {
+		f, err := c.request(map[string]any{"type": "history", "rid": fmt.Sprintf("h%d", page), "conv": conv, "after": after, "limit": 200})
+		if err != nil {
+			return nil, err
+		}
+		if f.str("type") != "history" {
+			return nil, fmt.Errorf("history %s after %d: %v", conv, after, f)
+		}
+		list, _ := f["messages"].([]any)
+		for _, x := range list {
+			m, _ := x.(map[string]any)
+			fm := fltFrame(m)
+			hm := fltMsg{Conv: fm.str("conv"), Seq: fm.num("seq"), From: fm.num("from"), TS: fm.num("ts"), Kind: fm.str("kind"), Body: fm.str("body"), CMID: fm.str("cmid")}
+			if hm.Conv == "" {
+				hm.Conv = conv
+			}
+			out = append(out, hm)
+		}
+		more, _ := f["more"].(bool)
+		if !more {
+			return out, nil
+		}
+		if len(list) == 0 {
+			return nil, fmt.Errorf("history %s after %d: more with an empty page", conv, after)
+		}
+		after = out[len(out)-1].Seq
+	}
+}
+
+func fltDirect(a, b uint64) string {
+	return fmt.Sprintf("d:%d:%d", min(a, b), max(a, b))
+}
+
+func fltGroup(gid uint64) string { return fmt.Sprintf("g:%d", gid) }
+
+// fltCreateGroup creates a group of the connection's user with members.
+func fltCreateGroup(t testing.TB, c *fltConn, name string, members []uint64) uint64 {
+	t.Helper()
+	f, err := c.request(map[string]any{"type": "group_create", "rid": "gc", "name": name, "members": members})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.str("type") != "group" || f.num("group") == 0 {
+		t.Fatalf("group_create: %v", f)
+	}
+	return f.num("group")
+}
