@@ -147,7 +147,7 @@ func seedDemo(t *testing.T, srv *chatServer) map[string]int {
 	bob.say(to(alice), "Hey Alice! Are we still on for the design review tomorrow?")
 	alice.say(to(bob), "Yes, 10:00 works. I'll bring the latency numbers.")
 	bob.say(to(alice), "Did the fan-out benchmark finish?")
-	alice.say(to(bob), "It did: one million connections, p99 push latency 38 ms on a single box.\nThe report is almost done.")
+	alice.say(to(bob), "It did. The numbers are going into docs/BENCHMARKS.md.\nThe report is almost done.")
 	carol.say(to(alice), "Can you look at my PR when you have a minute?")
 	dave.say(to(alice), "Lunch at 12:30?")
 	dave.say(to(alice), "The new place around the corner")
