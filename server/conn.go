@@ -64,6 +64,7 @@ type loop struct {
 	dirty []*conn            // conns with pend frames
 	fb    frameBuf           // reply scratch
 	arena []byte             // frames queued until the next flush
+	st    loopStats          // hot-path counters (atomics: read by /metrics)
 	req   request            // decoder scratch
 }
 
@@ -126,7 +127,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	c := gc.Context().(*conn)
 	s := h.srv
 	buf, _ := gc.Peek(-1)
-	s.m.bytesIn.Add(float64(len(buf)))
+	c.lp.st.bytesIn.Add(uint64(len(buf)))
 	if c.state >= stClosing {
 		_, _ = gc.Discard(len(buf))
 		return gnet.None
@@ -176,7 +177,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 		c.frame(f)
 	}
 	if frames > 0 {
-		s.m.framesIn.Add(float64(frames))
+		c.lp.st.framesIn.Add(uint64(frames))
 		if c.uid != 0 && c.state == stOpen {
 			now := s.wheel.Now()
 			c.lastSeen = now
@@ -212,8 +213,8 @@ func (c *conn) writeNow(frame []byte) {
 	if c.state != stOpen {
 		return
 	}
-	c.lp.srv.m.framesOut.Inc()
-	c.lp.srv.m.bytesOut.Add(float64(len(frame)))
+	c.lp.st.framesOut.Add(1)
+	c.lp.st.bytesOut.Add(uint64(len(frame)))
 	_, _ = c.gc.Write(frame)
 	c.checkOutbound()
 }

@@ -66,7 +66,7 @@ func (c *conn) push(m *pushMsg, now int64) {
 	c.win.ents = append(c.win.ents, inflight{m: m, t0: now})
 	c.win.live++
 	c.queue(m.frame)
-	s.m.pushes.Inc()
+	c.lp.st.pushes.Add(1)
 	if due := now + int64(s.cfg.AckTimeout); c.retxAt == 0 || due < c.retxAt {
 		c.retxAt = due
 		c.retx.Set(due)
@@ -91,7 +91,6 @@ func (lp *loop) flush() {
 	if len(lp.dirty) == 0 {
 		return
 	}
-	m := lp.srv.m
 	for i, c := range lp.dirty {
 		lp.dirty[i] = nil
 		if c.state != stOpen || len(c.pend) == 0 {
@@ -102,8 +101,8 @@ func (lp *loop) flush() {
 		for _, f := range c.pend {
 			n += len(f)
 		}
-		m.framesOut.Add(float64(len(c.pend)))
-		m.bytesOut.Add(float64(n))
+		lp.st.framesOut.Add(uint64(len(c.pend)))
+		lp.st.bytesOut.Add(uint64(n))
 		// gnet hands Writev's slices to writev(2) as they are when nothing
 		// is buffered, and writev fails with EINVAL above IOV_MAX (1024)
 		// buffers, which closes the connection: write in chunks. A chunk
@@ -165,7 +164,7 @@ func (c *conn) ack(r *request) {
 		return
 	}
 	w.live -= n
-	c.lp.srv.m.acks.Add(float64(n))
+	c.lp.st.acks.Add(uint64(n))
 	if w.live == 0 {
 		// Keep a small window for the next push (no allocation per
 		// message); drop a large one so memory per connection stays low.
@@ -219,7 +218,7 @@ func (c *conn) onRetx(context.Context) error {
 		}
 	}
 	if resent > 0 {
-		s.m.resends.Add(float64(resent))
+		c.lp.st.resends.Add(uint64(resent))
 		c.lp.flush()
 	}
 	if c.state == stOpen {

@@ -2,6 +2,7 @@ package server
 
 import (
 	"strconv"
+	"sync/atomic"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -16,17 +17,10 @@ type metrics struct {
 	connsAccepted prometheus.Counter
 	onlineConns   prometheus.Gauge
 	onlineUsers   prometheus.Gauge
-	framesIn      prometheus.Counter
-	framesOut     prometheus.Counter
-	bytesIn       prometheus.Counter
-	bytesOut      prometheus.Counter
 	closes        *prometheus.CounterVec
 	closeByCode   map[uint16]prometheus.Counter
 
 	msgsStored  prometheus.Counter
-	pushes      prometheus.Counter
-	acks        prometheus.Counter
-	resends     prometheus.Counter
 	errors      *prometheus.CounterVec
 	batchSize   prometheus.Histogram
 	commitLat   prometheus.Histogram
@@ -45,19 +39,12 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.connsAccepted = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_connections_accepted_total", Help: "TCP connections accepted."})
 	m.onlineConns = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_online_connections", Help: "Authenticated WebSocket connections."})
 	m.onlineUsers = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_online_users", Help: "Users with at least one authenticated connection."})
-	m.framesIn = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_frames_in_total", Help: "WebSocket frames received."})
-	m.framesOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_frames_out_total", Help: "WebSocket frames sent (each push to each connection counts)."})
-	m.bytesIn = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_bytes_in_total", Help: "Bytes received on WebSocket connections."})
-	m.bytesOut = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_bytes_out_total", Help: "Bytes written to WebSocket connections."})
 	m.closes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_closes_total", Help: "WebSocket closes sent by the server, by close code."}, []string{"code"})
 	m.closeByCode = make(map[uint16]prometheus.Counter, len(closeCodes))
 	for _, c := range closeCodes {
 		m.closeByCode[c] = m.closes.WithLabelValues(strconv.Itoa(int(c)))
 	}
 	m.msgsStored = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_messages_stored_total", Help: "Messages committed to the store."})
-	m.pushes = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_pushes_total", Help: "First transmissions of msg frames to connections."})
-	m.acks = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_acks_total", Help: "Pushes acknowledged."})
-	m.resends = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_resends_total", Help: "msg frames sent again after the ACK timeout."})
 	m.errors = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_error_frames_total", Help: "error frames sent, by code."}, []string{"code"})
 	m.batchSize = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "magpie_commit_batch_size", Help: "Operations per commit batch.", Buckets: prometheus.ExponentialBuckets(1, 2, 14)})
 	m.commitLat = prometheus.NewHistogram(prometheus.HistogramOpts{Name: "magpie_commit_seconds", Help: "Commit latency of a batch, fsync included.", Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16)})
@@ -66,8 +53,8 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_handshakes_total", Help: "WebSocket handshakes by HTTP status."}, []string{"status"})
 	m.httpLogins = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_logins_total", Help: "Login attempts by result."}, []string{"result"})
 	m.workDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_work_rejected_total", Help: "Requests answered rate_limited because the worker queue was full."})
-	m.reg.MustRegister(m.connsOpen, m.connsAccepted, m.onlineConns, m.onlineUsers, m.framesIn, m.framesOut,
-		m.bytesIn, m.bytesOut, m.closes, m.msgsStored, m.pushes, m.acks, m.resends, m.errors, m.batchSize,
+	m.reg.MustRegister(m.connsOpen, m.connsAccepted, m.onlineConns, m.onlineUsers,
+		m.closes, m.msgsStored, m.errors, m.batchSize,
 		m.commitLat, m.syncLat, m.queueDepth, m.handshakes, m.httpLogins, m.workDropped,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
@@ -79,4 +66,35 @@ func (m *metrics) closed(code uint16) {
 		return
 	}
 	m.closes.WithLabelValues(strconv.Itoa(int(code))).Inc()
+}
+
+// loopStats are the hot-path counters of one event loop. Each loop adds to
+// its own (uncontended atomics, no cache line shared between loops); a
+// scrape sums them.
+type loopStats struct {
+	framesIn, framesOut, bytesIn, bytesOut atomic.Uint64
+	pushes, acks, resends                  atomic.Uint64
+	_                                      [64]byte // keep loops' counters off each other's cache lines
+}
+
+// registerLoopCounters publishes the per-loop counters as sums.
+func (s *Server) registerLoopCounters() {
+	counter := func(name, help string, field func(*loopStats) *atomic.Uint64) prometheus.Collector {
+		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
+			var sum uint64
+			for _, lp := range s.allLoops() {
+				sum += field(&lp.st).Load()
+			}
+			return float64(sum)
+		})
+	}
+	s.m.reg.MustRegister(
+		counter("magpie_frames_in_total", "WebSocket frames received.", func(st *loopStats) *atomic.Uint64 { return &st.framesIn }),
+		counter("magpie_frames_out_total", "WebSocket frames sent (each push to each connection counts).", func(st *loopStats) *atomic.Uint64 { return &st.framesOut }),
+		counter("magpie_bytes_in_total", "Bytes received on WebSocket connections.", func(st *loopStats) *atomic.Uint64 { return &st.bytesIn }),
+		counter("magpie_bytes_out_total", "Bytes written to WebSocket connections.", func(st *loopStats) *atomic.Uint64 { return &st.bytesOut }),
+		counter("magpie_pushes_total", "First transmissions of msg frames to connections.", func(st *loopStats) *atomic.Uint64 { return &st.pushes }),
+		counter("magpie_acks_total", "Pushes acknowledged.", func(st *loopStats) *atomic.Uint64 { return &st.acks }),
+		counter("magpie_resends_total", "msg frames sent again after the ACK timeout.", func(st *loopStats) *atomic.Uint64 { return &st.resends }),
+	)
 }

@@ -135,6 +135,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 			return fmt.Errorf("create demo data: %w", err)
 		}
 	}
+	s.registerLoopCounters()
 	s.wheel = wheel.New(wheel.Options{})
 	s.wheel.Start()
 	s.m.reg.MustRegister(
