@@ -263,6 +263,9 @@ func (c *Client) Close() error {
 	c.closed = true
 	s := c.sess
 	c.lifeCancel()
+	// Fail pending calls first: a callback blocked in Send must return
+	// before the delivery goroutine can stop.
+	c.failAll(ErrClosed)
 	c.mu.Unlock()
 	if s != nil {
 		s.closeNormal()
@@ -369,6 +372,13 @@ func (c *Client) deliverLoop() {
 		batch = append(batch[:0], c.queue[c.qhead:c.qhead+n]...)
 		clear(c.queue[c.qhead : c.qhead+n])
 		c.qhead += n
+		if c.qhead >= 1024 && c.qhead*2 >= len(c.queue) {
+			// Compact, so a queue that never runs empty does not keep
+			// growing its backing array.
+			k := copy(c.queue, c.queue[c.qhead:])
+			clear(c.queue[k:])
+			c.queue, c.qhead = c.queue[:k], 0
+		}
 		c.mu.Unlock()
 
 		delivered := 0

@@ -410,3 +410,37 @@ func TestRequestsSurviveReconnect(t *testing.T) {
 		t.Fatalf("history: %+v %v", page, err)
 	}
 }
+
+// TestCloseWhileHandlerSends: Close must not deadlock when a callback is
+// blocked in Send (here: the server never answers, it is gone).
+func TestCloseWhileHandlerSends(t *testing.T) {
+	fs := newFakeServer(t)
+	inHandler := make(chan struct{})
+	var once sync.Once
+	var c *Client
+	var sendErr error
+	c, _ = newTestClient(t, fs, 2, func(o *Options) {
+		o.OnMessage = func(m Message) {
+			once.Do(func() {
+				fs.mu.Lock()
+				fs.dropSends = true
+				fs.mu.Unlock()
+				close(inHandler)
+				_, sendErr = c.SendTo(context.Background(), 1, "echo")
+			})
+		}
+	})
+	a, _ := newTestClient(t, fs, 1, nil)
+	sendN(t, a, 2, 1, "m")
+	<-inHandler
+	done := make(chan struct{})
+	go func() { c.Close(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("Close deadlocked with a handler blocked in Send")
+	}
+	if !errors.Is(sendErr, ErrClosed) {
+		t.Fatalf("blocked Send returned %v, want ErrClosed", sendErr)
+	}
+}

@@ -31,6 +31,7 @@ type fakeServer struct {
 	dropPush  func(m Message) bool // test hook: push not sent when true
 	dupPush   bool                 // send every push twice
 	refuse401 bool
+	dropSends bool // never answer a send
 	dials     int
 }
 
@@ -131,6 +132,9 @@ func (fs *fakeServer) handle(fc *fakeConn, typ, rid, cmid, conv, body string, to
 			fs.acks[conv] = seq
 		}
 	case "send":
+		if fs.dropSends {
+			return
+		}
 		key := strconv.FormatInt(fc.uid, 10) + "/" + cmid
 		if s, ok := fs.cmids[key]; ok {
 			fc.write(map[string]any{"type": "sent", "cmid": cmid, "conv": s.Conv, "seq": s.Seq, "ts": s.TS})
