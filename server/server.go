@@ -262,7 +262,11 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	}
 	wg.Wait()
 	// Give close frames a moment to leave, then stop gnet.
-	for s.eng.CountConnections() > 0 && time.Until(deadline) > 500*time.Millisecond {
+	// CountConnections reads gnet's list of loops, which gnet fills after
+	// OnBoot, on its own goroutine: only the close tasks above, run by
+	// those loops, order this read after that write. Without a loop no
+	// connection was ever opened, and the read would be a data race.
+	for len(s.allLoops()) > 0 && s.eng.CountConnections() > 0 && time.Until(deadline) > 500*time.Millisecond {
 		time.Sleep(10 * time.Millisecond) // polling gnet's count: it has no event for it
 	}
 	if e := s.eng.Stop(ctx); e != nil && err == nil && ctx.Err() == nil {
