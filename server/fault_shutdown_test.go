@@ -139,7 +139,7 @@ func (b *fltBurst) finish(t *testing.T, led *fltLedger) (sent, limited, unanswer
 }
 
 func TestFaultSIGTERMDrain(t *testing.T) {
-	const grace = 4 * time.Second
+	const grace = 10 * time.Second
 	srv := fltStart(t, "", "--send-rate", "0", "--shutdown-grace", grace.String(), "--fsync=true")
 	u := make([]uint64, 4)
 	for i := range u {
