@@ -2,6 +2,7 @@ package client
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"slices"
 	"testing"
@@ -141,5 +142,59 @@ func TestRealServerBasics(t *testing.T) {
 		t.Fatal("second leave succeeded")
 	} else if e, ok := err.(*Error); !ok || e.Code != CodeNotMember {
 		t.Fatalf("second leave: %v", err)
+	}
+}
+
+// TestRealReloginAfterExpiry: with an expired token the reconnect gets HTTP
+// 401 at the handshake; a client with credentials logs in again, a client
+// with only a token goes offline with ErrUnauthorized.
+func TestRealReloginAfterExpiry(t *testing.T) {
+	srv := testserver.Start(t, "--demo", "--token-ttl", "1s")
+	withCreds, rc := demoClient(t, srv, "alice", nil)
+	oldToken := withCreds.Token()
+	ro := &recorder{}
+	tokenOnly, err := New(Options{Token: oldToken, WSURL: srv.WSURL(), OnState: ro.onState,
+		Backoff: Backoff{First: 100 * time.Millisecond, Max: time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tokenOnly.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	if err := tokenOnly.Connect(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Open connections outlive their token (PROTOCOL §3); a restart
+	// makes both clients authenticate again after it expired.
+	expiry := time.Now().Add(1500 * time.Millisecond)
+	waitFor(t, 5*time.Second, "token expiry", func() bool { return time.Now().After(expiry) })
+	online := rc.countStates(StateOnline)
+	srv.Kill()
+	srv.Restart()
+	waitFor(t, 20*time.Second, "re-login and online", func() bool { return rc.countStates(StateOnline) > online })
+	if withCreds.Token() == oldToken {
+		t.Error("token unchanged after re-login")
+	}
+	waitFor(t, 20*time.Second, "token-only client offline", func() bool { return ro.lastState().State == StateOffline })
+	if ev := ro.lastState(); !errors.Is(ev.Err, ErrUnauthorized) {
+		t.Fatalf("token-only client: %+v", ev)
+	}
+}
+
+// TestRealReplacedDevice: a second connection with the same device closes
+// the first with 4004, which stays offline.
+func TestRealReplacedDevice(t *testing.T) {
+	srv := testserver.Start(t, "--demo")
+	first, r1 := demoClient(t, srv, "bob", func(o *Options) { o.Device = "phone" })
+	_, r2 := demoClient(t, srv, "bob", func(o *Options) { o.Device = "phone" })
+	waitFor(t, 10*time.Second, "first replaced", func() bool { return r1.lastState().State == StateOffline })
+	if ev := r1.lastState(); ev.Code != CloseReplaced || !errors.Is(ev.Err, ErrReplaced) {
+		t.Fatalf("first: %+v", ev)
+	}
+	if first.State() != StateOffline {
+		t.Fatal("first not offline")
+	}
+	if r2.countStates(StateReconnecting) != 0 || r1.countStates(StateReconnecting) != 0 {
+		t.Fatalf("reconnects: %+v / %+v", r1.states, r2.states)
 	}
 }
