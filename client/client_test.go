@@ -299,6 +299,19 @@ func TestRelogin(t *testing.T) {
 	online := r.countStates(StateOnline)
 	fs.closeAll(CloseUnauthorized)
 	waitFor(t, 5*time.Second, "online after re-login", func() bool { return r.countStates(StateOnline) > online })
+	// Wrong password: the login is refused, the client goes offline.
+	bad, err := New(Options{Server: fs.url(), Username: "u1", Password: "wrong", Backoff: fastBackoff()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer bad.Close()
+	if err := bad.Connect(context.Background()); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("connect with a wrong password: %v", err)
+	}
+	var ae *Error
+	if err := bad.Connect(context.Background()); !errors.As(err, &ae) || ae.Status != 401 {
+		t.Fatalf("connect with a wrong password: %v, want the HTTP error inside", err)
+	}
 	// Token-only client: 401 at handshake → offline with ErrUnauthorized.
 	fs.mu.Lock()
 	fs.refuse401 = true
@@ -438,7 +451,8 @@ func TestCloseWhileHandlerSends(t *testing.T) {
 	select {
 	case <-done:
 	case <-time.After(10 * time.Second):
-		t.Fatal("Close deadlocked with a handler blocked in Send")
+		// Not t.Fatal: the cleanup's Close would hang as well.
+		panic("Close deadlocked with a handler blocked in Send")
 	}
 	if !errors.Is(sendErr, ErrClosed) {
 		t.Fatalf("blocked Send returned %v, want ErrClosed", sendErr)

@@ -110,6 +110,10 @@ func (c *Client) supervise() {
 			c.goOffline(code, fmt.Errorf("%w: %w", ErrReplaced, why))
 			return
 		case isTerminal(err):
+			var e *Error
+			if errors.As(err, &e) && e.Code == CodeUnauthorized {
+				why = fmt.Errorf("%w: %w", ErrUnauthorized, why) // login refused
+			}
 			c.goOffline(code, why)
 			return
 		case code == CloseRateExceeded:
