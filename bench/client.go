@@ -4,12 +4,14 @@ import (
 	"bytes"
 	"encoding/json"
 	"errors"
+	"io"
 	"math/rand/v2"
 	"net"
 	"net/url"
 	"strconv"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 )
 
@@ -96,6 +98,27 @@ func (p *pool) newClient(s clientSpec) *client {
 
 var errWelcome = errors.New("no welcome")
 
+// failKind classifies a failed connection attempt for the report.
+func failKind(err error) string {
+	var hs httpStatusError
+	var ne net.Error
+	switch {
+	case errors.As(err, &hs):
+		return "fail:http_" + strconv.Itoa(hs.status)
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "fail:refused"
+	case errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		return "fail:reset"
+	case errors.Is(err, syscall.EADDRNOTAVAIL) || errors.Is(err, syscall.EADDRINUSE):
+		return "fail:no_port"
+	case errors.As(err, &ne) && ne.Timeout():
+		return "fail:timeout"
+	case errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF):
+		return "fail:eof"
+	}
+	return "fail:other"
+}
+
 // connect dials, upgrades and waits for welcome; it then starts the reader.
 func (c *client) connect() error {
 	t0 := time.Now()
@@ -106,6 +129,7 @@ func (c *client) connect() error {
 	wc, err := dialWS(c.url, laddr, c.p.timeout)
 	if err != nil {
 		c.p.lc.connFail.Add(1)
+		c.p.lc.closeCode(failKind(err))
 		return err
 	}
 	_ = wc.nc.SetReadDeadline(t0.Add(c.p.timeout))
@@ -116,6 +140,7 @@ func (c *client) connect() error {
 		if err == nil {
 			err = errWelcome
 		}
+		c.p.lc.closeCode("fail:welcome")
 		return err
 	}
 	_ = wc.nc.SetReadDeadline(time.Time{})

@@ -152,7 +152,7 @@ func (r *Report) print(w io.Writer) {
 		tw.Flush()
 	}
 	if len(r.Counters.CloseCodes) > 0 {
-		fmt.Fprintf(w, "\n  close codes seen by clients: %v\n", r.Counters.CloseCodes)
+		fmt.Fprintf(w, "\n  close codes and failed attempts seen by clients: %v\n", r.Counters.CloseCodes)
 	}
 	fmt.Fprintln(w)
 }

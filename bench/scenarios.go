@@ -131,6 +131,7 @@ func (e *env) p2p() error {
 	e.rep.result("duplicates", c.Dups-c0.Dups)
 	e.rep.result("disconnects", c.Disconnects)
 	e.cpuResults(before, after, float64(sent), "message", "messages")
+	e.storeResults(before, after)
 	if before.acks >= 0 && after.acks >= 0 {
 		e.rep.result("server_acks", after.acks-before.acks)
 	}
@@ -141,6 +142,18 @@ func (e *env) p2p() error {
 	e.rep.latency("e2e", r.e2e)
 	e.rep.Counters = c
 	return nil
+}
+
+// storeResults reports the server's mean commit and fsync time over the
+// measurement (Magpie only).
+func (e *env) storeResults(before, after snapshot) {
+	if n := after.commitN - before.commitN; before.commitN >= 0 && n > 0 {
+		e.rep.result("server_commits", n)
+		e.rep.result("server_commit_mean_ms", (after.commitSum-before.commitSum)/n*1000)
+	}
+	if n := after.fsyncN - before.fsyncN; before.fsyncN >= 0 && n > 0 {
+		e.rep.result("server_fsync_mean_ms", (after.fsyncSum-before.fsyncSum)/n*1000)
+	}
 }
 
 func (e *env) cpuResults(before, after snapshot, n float64, what, plural string) {
@@ -251,6 +264,7 @@ func (e *env) fanout() error {
 		e.rep.result("server_resends", after.resends-before.resends)
 	}
 	e.cpuResults(before, after, float64(deliveries), "delivery", "deliveries")
+	e.storeResults(before, after)
 	e.rep.latency("delivery", r.e2e)
 	e.rep.latency("sent", sp.sent.merged())
 	e.rep.Counters = c

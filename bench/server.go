@@ -6,6 +6,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -117,6 +118,8 @@ type snapshot struct {
 	resends float64
 	stored  float64
 	nextGC  float64 // go_memstats_next_gc_bytes; -1 unknown
+	// Sums and counts of Magpie's commit and fsync latency histograms.
+	commitSum, commitN, fsyncSum, fsyncN float64
 }
 
 // minSnap samples the server every 200 ms for d and returns the last
@@ -156,6 +159,8 @@ func (p *probe) snap() snapshot {
 	s.resends = get("magpie_resends_total")
 	s.stored = get("magpie_messages_stored_total")
 	s.nextGC = get("go_memstats_next_gc_bytes")
+	s.commitSum, s.commitN = get("magpie_commit_seconds_sum"), get("magpie_commit_seconds_count")
+	s.fsyncSum, s.fsyncN = get("magpie_fsync_seconds_sum"), get("magpie_fsync_seconds_count")
 	if !s.cpuOK {
 		if v, ok := m["process_cpu_seconds_total"]; ok {
 			s.cpu, s.cpuOK = v, true
@@ -220,6 +225,11 @@ type spawned struct {
 
 // start runs the server and waits until /healthz answers 200.
 func (s *spawned) start() error {
+	// Something else answering on the address would pass for our server.
+	if c, err := net.DialTimeout("tcp", s.http, time.Second); err == nil {
+		c.Close()
+		return fmt.Errorf("something already listens on %s; stop it or choose another --http", s.http)
+	}
 	argv := append([]string{"serve", "--data", s.data, "--listen", s.listen, "--http", s.http}, s.args...)
 	cmd := exec.Command(s.exe, argv...)
 	if s.log == nil {

@@ -71,24 +71,26 @@ func (s *shardedHist) reset() {
 // counters are a worker's running totals, sent to the coordinator in every
 // progress line and summed there.
 type counters struct {
-	Online      int64            `json:"online"`       // connections past welcome now
-	Welcomes    int64            `json:"welcomes"`     // welcomes received (reconnects included)
-	ConnFail    int64            `json:"conn_fail"`    // dials or handshakes that failed
-	Disconnects int64            `json:"disconnects"`  // connections lost after welcome
-	Joined      int64            `json:"joined"`       // group_join answered
-	Sends       int64            `json:"sends"`        // send frames written
-	SentOK      int64            `json:"sent_ok"`      // sent frames received
-	Errors      int64            `json:"errors"`       // error frames received
-	RateLimited int64            `json:"rate_limited"` // of which rate_limited
-	Pushes      int64            `json:"pushes"`       // msg frames received (duplicates included)
-	Dups        int64            `json:"dups"`         // msg frames for a (conv, seq) already held
-	AckFrames   int64            `json:"ack_frames"`   // ack frames written
-	Pings       int64            `json:"pings"`        // ping frames written
-	Pongs       int64            `json:"pongs"`        // pong frames received
-	CaughtUp    int64            `json:"caught_up"`    // storm: clients holding 1..final
-	History     int64            `json:"history"`      // history requests written
-	LastRecvNs  int64            `json:"last_recv_ns"` // unix ns of the latest msg received
-	CloseCodes  map[string]int64 `json:"close_codes,omitempty"`
+	Online      int64 `json:"online"`       // connections past welcome now
+	Welcomes    int64 `json:"welcomes"`     // welcomes received (reconnects included)
+	ConnFail    int64 `json:"conn_fail"`    // dials or handshakes that failed
+	Disconnects int64 `json:"disconnects"`  // connections lost after welcome
+	Joined      int64 `json:"joined"`       // group_join answered
+	Sends       int64 `json:"sends"`        // send frames written
+	SentOK      int64 `json:"sent_ok"`      // sent frames received
+	Errors      int64 `json:"errors"`       // error frames received
+	RateLimited int64 `json:"rate_limited"` // of which rate_limited
+	Pushes      int64 `json:"pushes"`       // msg frames received (duplicates included)
+	Dups        int64 `json:"dups"`         // msg frames for a (conv, seq) already held
+	AckFrames   int64 `json:"ack_frames"`   // ack frames written
+	Pings       int64 `json:"pings"`        // ping frames written
+	Pongs       int64 `json:"pongs"`        // pong frames received
+	CaughtUp    int64 `json:"caught_up"`    // storm: clients holding 1..final
+	History     int64 `json:"history"`      // history requests written
+	LastRecvNs  int64 `json:"last_recv_ns"` // unix ns of the latest msg received
+	// CloseCodes counts close codes received ("4008") and failed
+	// connection attempts by kind ("fail:refused", "fail:timeout", …).
+	CloseCodes map[string]int64 `json:"close_codes,omitempty"`
 }
 
 func (c *counters) add(o counters) {
