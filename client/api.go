@@ -58,8 +58,9 @@ func (c *Client) Send(ctx context.Context, m Outgoing) (Sent, error) {
 		c.mu.Unlock()
 		return Sent{}, err
 	}
+	mine := true
 	if old := c.sends[m.CMID]; old != nil {
-		ps = old // the same cmid is in flight: wait for its answer
+		ps, mine = old, false // the same cmid is in flight: wait for its answer
 	} else {
 		c.sendOrder++
 		ps.order = c.sendOrder
@@ -73,6 +74,9 @@ func (c *Client) Send(ctx context.Context, m Outgoing) (Sent, error) {
 	case <-ps.done:
 		return ps.res, ps.err
 	case <-ctx.Done():
+		if !mine {
+			return Sent{}, ctx.Err() // the other caller's send goes on
+		}
 		c.mu.Lock()
 		if c.sends[m.CMID] == ps {
 			delete(c.sends, m.CMID)
