@@ -29,7 +29,9 @@ vet:
 test: deps vet test-js test-go fuzz-smoke
 
 test-go:
-	$(GO) test -race -count=1 -timeout 20m ./...
+	# -p 1: packages one at a time, so the timer tests of one package do not
+	# share the 2 cores with the browser and load tests of another.
+	$(GO) test -race -count=1 -p 1 -timeout 30m ./...
 
 test-js:
 	@if command -v node >/dev/null 2>&1 && [ -d web/sdk ]; then node --test web/sdk/; \

@@ -8,7 +8,7 @@ import (
 
 // TestAbuseHalfOpenHandshakes: 10,000 connections that send half an
 // upgrade request and then nothing do not stop a well-behaved client from
-// connecting and chatting, and they are all dropped at --auth-timeout.
+// connecting and chatting promptly.
 func TestAbuseHalfOpenHandshakes(t *testing.T) {
 	if testing.Short() {
 		t.Skip("10,000 connections")
