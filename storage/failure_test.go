@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"fmt"
 	"io"
 	"os"
 	"path/filepath"
@@ -16,8 +17,11 @@ import (
 // answered with Internal (nothing reported as stored), the store refuses
 // further writes, and what was committed before is intact.
 func TestCommitFailure(t *testing.T) {
-	for _, fsync := range []bool{true, false} {
-		t.Run(map[bool]string{true: "fsync", false: "nofsync"}[fsync], func(t *testing.T) {
+	for _, tc := range []struct {
+		fsync, barrier bool
+	}{{true, false}, {false, false}, {true, true}} {
+		fsync, barrier := tc.fsync, tc.barrier
+		t.Run(fmt.Sprintf("fsync=%v,barrier=%v", fsync, barrier), func(t *testing.T) {
 			var failing atomic.Bool
 			inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
 				if failing.Load() && strings.HasSuffix(op.Path, ".log") &&
@@ -32,11 +36,16 @@ func TestCommitFailure(t *testing.T) {
 			ok := s.sendOK(a, "ok", b, 0, "stored")
 
 			failing.Store(true)
+			if barrier {
+				// The first failing commit is a barrier write.
+				_, err := s.CreateUser("lost", nil)
+				wantCode(t, "CreateUser during failure", err, Internal)
+			}
 			m := s.send(&Send{From: a, CMID: "lost", To: b, Body: "not stored"})
 			if codeOf(errOrNil(m.Err)) != Internal || m.Dup || m.Msg.Seq != 0 || m.Recipients != nil {
 				t.Fatalf("send during failure: %+v", m)
 			}
-			if st := s.Stats(); st.CommitErrors != 1 {
+			if st := s.Stats(); st.CommitErrors != 1 || st.Rejected != 1 {
 				t.Fatalf("stats %+v", st)
 			}
 			failing.Store(false)
@@ -46,6 +55,8 @@ func TestCommitFailure(t *testing.T) {
 			wantCode(t, "send after failure", errOrNil(m.Err), Internal)
 			_, err := s.CreateUser("c", nil)
 			wantCode(t, "CreateUser after failure", err, Internal)
+			_, err = s.JoinGroup(a, 1)
+			wantCode(t, "JoinGroup after failure", err, Internal)
 			_, _, _, err = s.MarkRead(b, "d:1:2", 1)
 			wantCode(t, "MarkRead after failure", err, Internal)
 			if got := s.all(b, "d:1:2"); len(got) != 1 || got[0] != ok {
@@ -63,6 +74,9 @@ func TestCommitFailure(t *testing.T) {
 			}
 			if m := s2.sendOK(a, "lost", b, 0, "retried"); m.Seq != 2 {
 				t.Fatalf("retry after reopen %+v", m)
+			}
+			if _, ok := s2.UserByName("lost"); ok {
+				t.Fatal("the user of the failed commit exists")
 			}
 		})
 	}
