@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -1054,5 +1055,39 @@ func TestConcurrentReadersAndWriters(t *testing.T) {
 		if got := s.all(a, conv); uint64(len(got)) != last {
 			t.Errorf("%s: %d messages, OnSent reported up to %d", conv, len(got), last)
 		}
+	}
+}
+
+// TestDedupAfterCompaction checks dedup and history when everything has
+// been flushed and compacted into the bottom level (the cmid lookup uses
+// Bloom filters there).
+func TestDedupAfterCompaction(t *testing.T) {
+	s := newT(t)
+	a, b := s.user("a"), s.user("b")
+	var orig []Message
+	for i := range 50 {
+		orig = append(orig, s.sendOK(a, fmt.Sprint("c", i), b, 0, fmt.Sprint("m", i)))
+	}
+	if err := s.db.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.db.Compact(context.Background(), []byte{0}, []byte{0xff}, false); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		r := s.send(&Send{From: a, CMID: fmt.Sprint("c", i), To: b, Body: "again"})
+		if !r.Dup || r.Msg != orig[i] {
+			t.Fatalf("cmid c%d after compaction: %+v", i, r)
+		}
+	}
+	if m := s.sendOK(a, "new", b, 0, "x"); m.Seq != 51 {
+		t.Fatalf("seq %d", m.Seq)
+	}
+	if got := s.all(b, "d:1:2"); len(got) != 51 || got[10] != orig[10] {
+		t.Fatalf("history %d", len(got))
+	}
+	s = s.reopen()
+	if r := s.send(&Send{From: a, CMID: "c7", To: b, Body: "again"}); !r.Dup || r.Msg != orig[7] {
+		t.Fatalf("after reopen %+v", r)
 	}
 }
