@@ -61,11 +61,10 @@ type Options struct {
 	// OnSent is called on the committer goroutine with each batch of sends
 	// after it is durable, in commit order (so per conversation in seq
 	// order). It must not block for long and must not keep the slice (the
-	// *Send values may be kept).
+	// *Send values may be kept). Every submitted *Send arrives exactly
+	// once: stored ones, Dup ones, and refused ones (Err set; Internal for
+	// every send of a batch whose commit failed).
 	OnSent func(batch []*Send)
-	// OnSent receives every submitted *Send exactly once: stored ones, Dup
-	// ones, and rejected ones (Err set; after a failed commit, Internal).
-	//
 	// OnCommit, when set, is called on the committer goroutine after every
 	// commit, before OnSent: batchSize is the number of operations in the
 	// batch (sends, read marks, or 1 for any other write), commitDur the
@@ -164,7 +163,7 @@ type counters struct {
 type User struct {
 	UID  uint64
 	Name string // as registered (case preserved)
-	Hash []byte // password hash, opaque to storage
+	Hash []byte // password hash, opaque to storage; shared with the store: never modify
 }
 
 // CreateUser stores a new user. Names are unique without regard to case.
