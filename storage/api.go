@@ -63,7 +63,9 @@ type Options struct {
 	// order). It must not block for long and must not keep the slice (the
 	// *Send values may be kept). Every submitted *Send arrives exactly
 	// once: stored ones, Dup ones, and refused ones (Err set; Internal for
-	// every send of a batch whose commit failed).
+	// every send of a batch whose commit failed). It must not call a
+	// blocking write (CreateUser, MarkRead, groups…): the committer would
+	// wait for itself. Submit and the read methods are fine.
 	OnSent func(batch []*Send)
 	// OnCommit, when set, is called on the committer goroutine after every
 	// commit, before OnSent: batchSize is the number of operations in the
