@@ -65,7 +65,10 @@ type loop struct {
 	fb    frameBuf           // reply scratch
 	arena []byte             // frames queued until the next flush
 	st    loopStats          // hot-path counters (atomics: read by /metrics)
-	req   request            // decoder scratch
+
+	spareWins []*window  // recycled ACK windows (see takeWindow)
+	sparePend [][][]byte // recycled pend lists
+	req       request    // decoder scratch
 }
 
 // handler is the gnet.EventHandler.
@@ -108,9 +111,10 @@ func (h *handler) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	c.state = stClosed
 	c.idle.Stop()
 	c.retx.Stop()
+	lp := c.lp
+	lp.giveWindow(c.win)
 	c.win = nil
 	c.pend = nil
-	lp := c.lp
 	last := len(lp.conns) - 1
 	lp.conns[c.idx] = lp.conns[last]
 	lp.conns[c.idx].idx = c.idx
@@ -241,7 +245,11 @@ func (c *conn) closeWith(code uint16, reason string) {
 	c.state = stClosing
 	s.m.closed(code)
 	c.pend = nil
-	c.win = nil
+	if c.win != nil {
+		clear(c.win.ents)
+		c.lp.giveWindow(c.win)
+		c.win = nil
+	}
 	c.retx.Stop()
 	_, _ = c.gc.Write(wsproto.AppendClose(c.lp.fb.start()[:0], code, reason))
 	if c.gc.OutboundBuffered() == 0 {

@@ -57,7 +57,7 @@ func (c *conn) push(m *pushMsg, now int64) {
 	}
 	s := c.lp.srv
 	if c.win == nil {
-		c.win = &window{}
+		c.win = c.lp.takeWindow()
 	}
 	if c.win.live >= s.cfg.MaxInflight {
 		c.closeWith(closeSlow, "too many unacked messages")
@@ -73,10 +73,64 @@ func (c *conn) push(m *pushMsg, now int64) {
 	}
 }
 
+// Burst-sized ACK windows and pend lists are recycled through small
+// per-loop free lists, so a burst to thousands of connections does not
+// allocate and grow them per connection every time, while an idle
+// connection holds neither.
+const (
+	spareMax   = 256 // free windows / pend lists kept per loop
+	keepSmall  = 64  // a connection keeps a window or pend list up to this capacity
+	spareLimit = 4096
+)
+
+func (lp *loop) takeWindow() *window {
+	if n := len(lp.spareWins); n > 0 {
+		w := lp.spareWins[n-1]
+		lp.spareWins[n-1] = nil
+		lp.spareWins = lp.spareWins[:n-1]
+		return w
+	}
+	return &window{}
+}
+
+// giveWindow recycles w. REQUIRES: w holds no live entry.
+func (lp *loop) giveWindow(w *window) {
+	if w == nil || len(lp.spareWins) >= spareMax || cap(w.ents) > spareLimit {
+		return
+	}
+	clear(w.ents)
+	w.ents, w.head, w.live = w.ents[:0], 0, 0
+	lp.spareWins = append(lp.spareWins, w)
+}
+
+// releasePend empties c.pend, keeping a small list on the connection and
+// recycling a large one.
+func (lp *loop) releasePend(c *conn) {
+	clear(c.pend)
+	switch {
+	case cap(c.pend) <= keepSmall:
+		c.pend = c.pend[:0]
+	case len(lp.sparePend) < spareMax && cap(c.pend) <= spareLimit:
+		lp.sparePend = append(lp.sparePend, c.pend[:0])
+		c.pend = nil
+	default:
+		c.pend = nil
+	}
+}
+
 // queue adds a frame to be written when the loop task ends.
 func (c *conn) queue(frame []byte) {
 	if len(c.pend) == 0 {
 		c.lp.dirty = append(c.lp.dirty, c)
+	}
+	if len(c.pend) == cap(c.pend) && cap(c.pend) >= keepSmall {
+		if n := len(c.lp.sparePend); n > 0 && cap(c.lp.sparePend[n-1]) > cap(c.pend) {
+			big := append(c.lp.sparePend[n-1], c.pend...)
+			c.lp.sparePend[n-1] = nil
+			c.lp.sparePend = c.lp.sparePend[:n-1]
+			clear(c.pend)
+			c.pend = big
+		}
 	}
 	c.pend = append(c.pend, frame)
 }
@@ -117,12 +171,7 @@ func (lp *loop) flush() {
 			}
 			p = p[k:]
 		}
-		clear(c.pend)
-		if cap(c.pend) > 64 {
-			c.pend = nil
-		} else {
-			c.pend = c.pend[:0]
-		}
+		lp.releasePend(c)
 		c.checkOutbound()
 	}
 	lp.dirty = lp.dirty[:0]
@@ -169,6 +218,7 @@ func (c *conn) ack(r *request) {
 		// Keep a small window for the next push (no allocation per
 		// message); drop a large one so memory per connection stays low.
 		if cap(w.ents) > 64 {
+			c.lp.giveWindow(w) // a burst-sized window goes back to the loop
 			c.win = nil
 		} else {
 			clear(w.ents)
