@@ -83,6 +83,7 @@ type Options struct {
 	clock    func() int64 // Unix ms; nil means time.Now
 	noCommit bool         // don't start the committer (benchmarks drive it)
 	memTable uint64       // Pebble MemTableSize; 0 means the default below
+	cmidBits int          // cmid filter fingerprint bits (cmidset.go); 0 means 32
 }
 
 // Store is the open database. Its methods are safe for concurrent use.
@@ -115,6 +116,7 @@ type Store struct {
 	closeErr  error
 
 	c      committer   // the batch in preparation; committer only
+	seen   *cmidSet    // filter over the stored (from, cmid) pairs; committer only
 	broken atomic.Bool // a commit hit a Pebble fatal error
 	st     counters
 }

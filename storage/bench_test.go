@@ -294,3 +294,61 @@ func BenchmarkImportUsers19k(b *testing.B) {
 		b.StartTimer()
 	}
 }
+
+// BenchmarkOpenCMIDs1M measures Open of a store holding 1,000,000 direct
+// messages (so 1,000,000 cmids) in 4,000 conversations among 1,000 users,
+// and reports the part spent building the cmid filter and its size. One op
+// = one Open (and Close). The store is built once, outside the timer.
+func BenchmarkOpenCMIDs1M(b *testing.B) {
+	const total = 1000000
+	dir := b.TempDir()
+	s := openB(b, dir, Options{})
+	uids := benchUsers(b, s, 1000)
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	s = openB(b, dir, Options{noCommit: true, MaxBatch: 1000, QueueSize: 1000})
+	rng := rand.New(rand.NewPCG(5, 6))
+	pairs := benchPairs(uids, 4000, 5)
+	sends := make([]Send, 1000)
+	for i := 0; i < total/1000; i++ {
+		for j := range sends {
+			p := pairs[rng.IntN(len(pairs))]
+			sends[j] = Send{From: p[0], To: p[1], CMID: "b" + strconv.Itoa(i) + "-" + strconv.Itoa(j), Kind: "text", Body: benchBody}
+			s.q <- &sends[j]
+		}
+		s.step(<-s.q, nil)
+	}
+	if err := s.Close(); err != nil {
+		b.Fatal(err)
+	}
+	var loadNs int64
+	var cpu time.Duration
+	var bytes, n int
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		cpu0 := cpuTime()
+		s := openB(b, dir, Options{noCommit: true})
+		cpu += cpuTime() - cpu0
+		b.StopTimer()
+		t0 := time.Now()
+		s.seen = newCMIDSet(0)
+		if err := s.loadCMIDs(); err != nil {
+			b.Fatal(err)
+		}
+		loadNs += int64(time.Since(t0))
+		bytes, n = s.seen.bytes(), s.seen.n
+		if err := s.Close(); err != nil {
+			b.Fatal(err)
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	if n < total-1000 {
+		b.Fatalf("filter holds %d pairs", n)
+	}
+	b.ReportMetric(float64(cpu.Milliseconds())/float64(b.N), "cpu-ms/open")
+	b.ReportMetric(float64(loadNs)/float64(b.N)/1e6, "cmid-load-ms")
+	b.ReportMetric(float64(bytes)/float64(n), "filter-B/pair")
+	b.ReportMetric(float64(bytes)/(1<<20), "filter-MiB")
+}

@@ -211,14 +211,19 @@ func (c *committer) send(m *Send) {
 		m.Dup, m.Msg, m.Recipients = true, orig.Msg, orig.Recipients
 		return
 	}
-	found, err := c.lookupCMID(m)
-	if err != nil {
-		s.log.Error("storage: cmid lookup", "err", err, "from", m.From, "cmid", m.CMID)
-		m.Err = errInternal
-		return
-	}
-	if found {
-		return
+	// The filter proves most cmids new without a Pebble lookup; a hit
+	// (stored, or a fingerprint collision) takes the exact lookup.
+	fp := s.seen.fp(m.From, m.CMID)
+	if s.seen.has(fp) {
+		found, err := c.lookupCMID(m)
+		if err != nil {
+			s.log.Error("storage: cmid lookup", "err", err, "from", m.From, "cmid", m.CMID)
+			m.Err = errInternal
+			return
+		}
+		if found {
+			return
+		}
 	}
 	// 2. Body size.
 	if len(m.Body) > s.o.MaxBody {
@@ -240,6 +245,9 @@ func (c *committer) send(m *Send) {
 	m.Msg = Message{Conv: cv.name, Seq: cv.headSeq, From: m.From, TS: cv.headTS, Kind: m.Kind, Body: m.Body, CMID: m.CMID}
 	m.Recipients = recips
 	c.cmids[ck] = m
+	// Added before the commit: if the commit fails, the filter only holds
+	// a false positive.
+	s.seen.add(fp)
 
 	k, v := c.put(msgKeyLen, msgValueLen(&m.Msg))
 	putMsgKey(k, cv.key, m.Msg.Seq)

@@ -112,6 +112,7 @@ func open(dir string, o Options) (*Store, error) {
 		ctl:     make(chan *request, ctlQueueSize),
 		quit:    make(chan struct{}),
 		stopped: make(chan struct{}),
+		seen:    newCMIDSet(o.cmidBits),
 	}
 	if err := s.load(); err != nil {
 		_ = db.Close()
@@ -282,6 +283,11 @@ func (s *Store) load() error {
 		return fmt.Errorf("user conversations: %w", err)
 	}
 
+	// The cmid filter (cmidset.go): every stored (from, cmid) pair.
+	if err := s.loadCMIDs(); err != nil {
+		return fmt.Errorf("cmid index: %w", err)
+	}
+
 	v, closer, err = s.db.Get([]byte{pfxDemo})
 	switch {
 	case errors.Is(err, pebble.ErrNotFound):
@@ -294,6 +300,28 @@ func (s *Store) load() error {
 		closer.Close()
 	}
 	return nil
+}
+
+// loadCMIDs adds every key of the cmid index to the cmid filter. Only keys
+// are read.
+func (s *Store) loadCMIDs() error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxCMID}, UpperBound: []byte{pfxCMID + 1}})
+	if err != nil {
+		return err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		k := it.Key()
+		if len(k) < 9 {
+			it.Close()
+			return errCorrupt
+		}
+		s.seen.add(s.seen.fpBytes(getU64(k[1:]), k[9:]))
+	}
+	if err := it.Error(); err != nil {
+		it.Close()
+		return err
+	}
+	return it.Close()
 }
 
 // loadConv returns the conversation of ck, creating a direct one.
