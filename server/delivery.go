@@ -201,13 +201,20 @@ func (c *conn) ack(r *request) {
 	if w == nil {
 		return
 	}
+	// First transmissions of one conversation enter the window in seq
+	// order, so the entries an ack covers are that conversation's first
+	// entries: stop at its first entry above the acked seq.
 	n := 0
 	for i := w.head; i < len(w.ents); i++ {
 		e := &w.ents[i]
-		if e.m != nil && e.m.seq <= r.seq && e.m.conv == string(r.conv) {
-			e.m = nil
-			n++
+		if e.m == nil || e.m.conv != string(r.conv) {
+			continue
 		}
+		if e.m.seq > r.seq {
+			break
+		}
+		e.m = nil
+		n++
 	}
 	if n == 0 {
 		return
