@@ -428,21 +428,43 @@ func (d *decoder) rawKey() ([]byte, bool) {
 		return nil, false
 	}
 	start := d.i
+	if !d.skipStringBody() {
+		return nil, false
+	}
+	return d.p[start : d.i-1], true
+}
+
+// skipStringBody skips a string after its opening quote, through the
+// closing quote, checking escapes. It reports false on bad syntax.
+func (d *decoder) skipStringBody() bool {
 	for d.i < len(d.p) {
 		switch c := d.p[d.i]; {
 		case c == '"':
-			k := d.p[start:d.i]
 			d.i++
-			return k, true
+			return true
 		case c == '\\':
-			d.i += 2
+			d.i++
+			if d.i >= len(d.p) {
+				return false
+			}
+			switch d.p[d.i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+				d.i++
+			case 'u':
+				d.i++
+				if _, ok := d.hex4(); !ok {
+					return false
+				}
+			default:
+				return false
+			}
 		case c < 0x20:
-			return nil, false
+			return false
 		default:
 			d.i++
 		}
 	}
-	return nil, false
+	return false
 }
 
 func (d *decoder) hex4() (rune, bool) {
@@ -518,20 +540,10 @@ func (d *decoder) skipDepth(depth int) error {
 	switch c := d.p[d.i]; {
 	case c == '"':
 		d.i++
-		for d.i < len(d.p) {
-			switch b := d.p[d.i]; {
-			case b == '"':
-				d.i++
-				return nil
-			case b == '\\':
-				d.i += 2
-			case b < 0x20:
-				return errSyntax
-			default:
-				d.i++
-			}
+		if !d.skipStringBody() {
+			return errSyntax
 		}
-		return errSyntax
+		return nil
 	case c == '{' || c == '[':
 		closer := byte('}')
 		if c == '[' {
@@ -579,8 +591,8 @@ func (d *decoder) skipDepth(depth int) error {
 		for d.i < len(d.p) && d.p[d.i] >= '0' && d.p[d.i] <= '9' {
 			d.i++
 		}
-		if d.i == start {
-			return errSyntax
+		if d.i == start || d.p[start] == '0' && d.i-start > 1 {
+			return errSyntax // no digits, or a leading zero
 		}
 		if d.eat('.') {
 			s := d.i

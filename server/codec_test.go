@@ -48,6 +48,9 @@ func TestDecodeRequest(t *testing.T) {
 		{`{"to":01}`, true, nil},
 		{`{"type":"pi` + "\n" + `ng"}`, true, nil},
 		{`{"a":tru}`, true, nil},
+		{`{"x":"\0"}`, true, nil},
+		{`{"x\q":1}`, true, nil},
+		{`{"x":"\u12"}`, true, nil},
 		{``, true, nil},
 	}
 	var r request
@@ -72,6 +75,7 @@ func FuzzDecodeRequest(f *testing.F) {
 		`{"type":"history","conv":"d:1:2","before":60,"limit":50}`,
 		`{"type":"group_create","name":"t","members":[1,2]}`,
 		`{"a":{"b":[1,2.5e3,-0,"x\u0041"]},"type":"ack","seq":3}`,
+		`{"0000":"0000\00000","00000":0}`, // found by the fuzzer: a bad escape in a skipped value
 	} {
 		f.Add([]byte(s))
 	}
