@@ -233,6 +233,19 @@ func scanString(data []byte, p int) (int, bool) {
 		case c == '\\':
 			esc = true
 			i++
+			if i >= len(data) {
+				return -1, false
+			}
+			switch data[i] {
+			case '"', '\\', '/', 'b', 'f', 'n', 'r', 't':
+			case 'u':
+				if i+4 >= len(data) || !isHex4(data[i+1:i+5]) {
+					return -1, false
+				}
+				i += 4
+			default:
+				return -1, false // not a JSON escape
+			}
 		case c < 0x20:
 			return -1, false
 		}
@@ -278,4 +291,13 @@ func (in *interner) get(b []byte) string {
 	s := string(b)
 	in.m[s] = s
 	return s
+}
+
+func isHex4(b []byte) bool {
+	for _, c := range b {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F') {
+			return false
+		}
+	}
+	return true
 }
