@@ -188,7 +188,11 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 			c.idle.Set(now + int64(s.cfg.IdleTimeout))
 		}
 	}
-	_, _ = gc.Discard(off)
+	if off > 0 {
+		// Never Discard(0): gnet treats n <= 0 as "everything buffered",
+		// which would drop a frame whose first bytes arrived alone.
+		_, _ = gc.Discard(off)
+	}
 	c.lp.flush()
 	return gnet.None
 }
