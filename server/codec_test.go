@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"strings"
 	"testing"
+	"unicode/utf8"
 
 	"github.com/magpie-im/magpie/storage"
 )
@@ -80,6 +81,9 @@ func FuzzDecodeRequest(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, p []byte) {
+		if !utf8.Valid(p) {
+			return // text messages are UTF-8-checked by wsproto before decoding
+		}
 		var r request
 		err := decodeRequest(p, &r)
 		if err != nil {
