@@ -152,6 +152,13 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 		resp, status := s.upgrader.Upgrade(buf[:n], &req)
 		s.countHandshake(status)
 		_, _ = gc.Write(resp)
+		if c.state != stHandshake {
+			// The write failed (say, the peer reset) and gnet closed the
+			// connection inside it: OnClose ran. Registering it now would
+			// leave a ghost in the router whose writes go to a closed fd
+			// that a new connection may already have been given.
+			return gnet.None
+		}
 		if status != 101 {
 			c.state = stClosing
 			return gnet.Close

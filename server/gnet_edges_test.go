@@ -1,6 +1,8 @@
 package server
 
 import (
+	"fmt"
+	"net"
 	"testing"
 	"time"
 )
@@ -42,5 +44,36 @@ func TestFrameSplitAcrossReads(t *testing.T) {
 		if err != nil || op != 0xA || string(p) != "hello" {
 			t.Fatalf("cut at %d: got op %d payload %q err %v, want pong \"hello\"", cut, op, p, err)
 		}
+	}
+}
+
+// TestHandshakeResetNoGhost resets connections right after their upgrade
+// request with a URL token: writing the 101 then fails and gnet closes the
+// connection inside the write (OnClose runs). The server must not go on to
+// register it, or a ghost stays in the router (counted online forever) and
+// later writes to a closed fd that a new connection may have been given.
+func TestHandshakeResetNoGhost(t *testing.T) {
+	ts := startServer(t, nil)
+	_, tok := ts.user("alice")
+	for i := 0; i < 100; i++ {
+		c, err := net.Dial("tcp", ts.ws)
+		if err != nil {
+			t.Fatal(err)
+		}
+		fmt.Fprintf(c, "GET /ws?token=%s&device=d%d HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n"+
+			"Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", tok, i)
+		_ = c.(*net.TCPConn).SetLinger(0) // close sends RST
+		c.Close()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		open, online := ts.metric("magpie_connections_open"), ts.metric("magpie_online_connections")
+		if open == 0 && online == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("after every connection was reset: %v open, %v online (ghosts)", open, online)
+		}
+		time.Sleep(20 * time.Millisecond) // polling metrics: no event to await
 	}
 }
