@@ -33,6 +33,7 @@ scenarios:
   p2p       pairs of users exchanging direct messages at a rate or flat out; throughput, sent and end-to-end latency
   fanout    one group with N online members and a sender at rate R; deliveries/s, delivery latency, server CPU per delivery
   storm     N clients connected, the server restarted; time until all are back and caught up, loss and duplicates
+  soak      N clients, group and direct traffic while clients drop and reconnect (§9); loss, duplicates, server memory before/peak/after
   baseline  run the goroutine-per-connection comparison server (gorilla/websocket), or its raw-write ceiling mode
 
 Run "magpie bench <scenario> -h" for the flags. Users and tokens come from a
@@ -52,7 +53,7 @@ func Main(args []string) int {
 		return workerMain(os.Stdin, os.Stdout)
 	case "baseline":
 		return baseline.Main(args[1:])
-	case "connect", "p2p", "fanout", "storm":
+	case "connect", "p2p", "fanout", "storm", "soak":
 		o, err := parseOptions(args[0], args[1:])
 		if errors.Is(err, flag.ErrHelp) {
 			return 0
@@ -117,6 +118,14 @@ type options struct {
 	profile    string
 	profileSec int
 	ack        bool
+	groups     int
+	groupSize  int
+	groupFrac  float64
+	churn      float64
+	cleanFrac  float64
+	drain      time.Duration
+	settle     time.Duration
+	sample     time.Duration
 }
 
 func parseOptions(scenario string, args []string) (*options, error) {
@@ -162,6 +171,19 @@ func parseOptions(scenario string, args []string) (*options, error) {
 		fs.IntVar(&o.messages, "messages", 20, "messages sent before the restart; as many again right after it")
 		fs.StringVar(&o.kill, "kill", "kill", "with --spawn: restart by SIGKILL (kill) or SIGTERM (term)")
 		fs.DurationVar(&o.wait, "wait", 120*time.Second, "how long to wait for every client to be back and caught up")
+	case "soak":
+		fs.IntVar(&o.conns, "conns", 10000, "clients")
+		fs.DurationVar(&o.duration, "duration", 2*time.Minute, "time messages flow and clients drop and reconnect")
+		fs.Float64Var(&o.rate, "rate", 2000, "messages per second over all clients (each client stays within the server's send_rate)")
+		fs.Float64Var(&o.groupFrac, "group-frac", 0.02, "fraction of the messages sent to the sender's group; the rest are direct to a random client")
+		fs.IntVar(&o.groups, "groups", 4, "groups")
+		fs.IntVar(&o.groupSize, "group-size", 250, "members per group (the first groups × group-size clients, round robin)")
+		fs.Float64Var(&o.churn, "churn", 40, "connections dropped per second over all clients")
+		fs.Float64Var(&o.cleanFrac, "clean-frac", 0.3, "fraction of the drops made with a close frame; the rest close TCP without one")
+		fs.DurationVar(&o.drain, "drain", 90*time.Second, "after the soak: at most this long for every client to be back, every send confirmed and every message held")
+		fs.DurationVar(&o.settle, "settle", 10*time.Second, "after every client has left: wait this long before sampling the server's memory")
+		fs.DurationVar(&o.sample, "sample", 3*time.Second, "memory samples (every 200 ms, minimum kept) before connecting and after leaving last this long")
+		o.window = 8
 	}
 	if err := fs.Parse(args); err != nil {
 		return nil, err
@@ -197,7 +219,7 @@ func (o *options) users() int {
 		return 2 * o.pairs
 	case "fanout":
 		return o.members + 1
-	case "storm":
+	case "storm", "soak":
 		return o.conns + 1
 	}
 	return o.conns
@@ -288,6 +310,8 @@ func run(o *options) (*Report, error) {
 		err = e.fanout()
 	case "storm":
 		err = e.storm()
+	case "soak":
+		err = e.soak()
 	}
 	e.rep.finish()
 	return e.rep, err

@@ -222,3 +222,34 @@ func TestFrameHelpers(t *testing.T) {
 		t.Fatalf("frame header % x", f[:8])
 	}
 }
+
+// TestSoak: 40 clients in two groups and random direct pairs, connections
+// dropped (abruptly and cleanly) and restored by §9 while messages flow;
+// after the drain every member holds every seq that got a sent.
+func TestSoak(t *testing.T) {
+	dir := t.TempDir()
+	tokens := importUsers(t, dir, 41)
+	s := testserver.StartIn(t, dir, "--pprof")
+	r := runScenario(t, "soak", "--url", s.WSURL(), "--http", s.HTTPURL(), "--tokens", tokens,
+		"--server-pid", strconv.Itoa(s.PID()), "--procs", "2", "--src", "2",
+		"--conns", "40", "--duration", "6s", "--rate", "150", "--group-frac", "0.2", "--groups", "2", "--group-size", "10",
+		"--churn", "5", "--drain", "15s", "--settle", "300ms", "--sample", "300ms")
+	if num(t, r, "lost") != 0 {
+		t.Errorf("lost %v: %v", num(t, r, "lost"), r.Results["loss_examples"])
+	}
+	if num(t, r, "messages_sent_ok") < 300 || num(t, r, "group_messages_sent_ok") == 0 {
+		t.Errorf("too few messages: %v", r.Results)
+	}
+	if num(t, r, "drops_abrupt") == 0 || num(t, r, "reconnects") == 0 || num(t, r, "history_requests") == 0 {
+		t.Errorf("no churn or catch-up: %v", r.Results)
+	}
+	if num(t, r, "online_at_end") != 40 || num(t, r, "group_members") != 20 {
+		t.Errorf("clients: %v", r.Results)
+	}
+	if num(t, r, "deliveries_required") < 2*num(t, r, "messages_sent_ok") {
+		t.Errorf("deliveries_required %v for %v messages", num(t, r, "deliveries_required"), num(t, r, "messages_sent_ok"))
+	}
+	if num(t, r, "server_heap_inuse_after_leave_gc_bytes") <= 0 || num(t, r, "server_rss_peak_bytes") <= 0 {
+		t.Errorf("no server memory: %v", r.Results)
+	}
+}

@@ -22,6 +22,7 @@ type clientSpec struct {
 	Token string `json:"t"`
 	Peer  uint64 `json:"p,omitempty"` // p2p: the uid it sends to
 	Src   string `json:"s,omitempty"` // local IP to bind
+	Group uint64 `json:"g,omitempty"` // soak: the group it joins (0: none)
 }
 
 // pool runs a set of clients: inside a worker process, or in the
@@ -47,6 +48,8 @@ type pool struct {
 	group      atomic.Uint64 // group whose seqs are tracked
 	final      atomic.Uint64 // storm: every client must hold 1..final
 	catchupReq atomic.Bool   // after each (re)welcome send convs and fill gaps
+	retrying   atomic.Bool   // soak: retryLoop started
+	soak       atomic.Bool   // track every conv, keep and re-send unconfirmed sends (soak.go)
 	wg         sync.WaitGroup
 }
 
@@ -63,7 +66,7 @@ type client struct {
 	spec clientSpec
 	url  *url.URL
 
-	mu        sync.Mutex // guards c, held, lostAt
+	mu        sync.Mutex // guards c, grp, lostAt
 	c         *wsConn
 	hb        time.Duration
 	sendRate  int
@@ -72,7 +75,8 @@ type client struct {
 
 	// Reader goroutine state.
 	acks      []pendingAck
-	held      []uint64 // bitset of held seqs of the tracked group conv
+	grp       seqSet // held seqs of the tracked group conv
+	sk        soakClient
 	contig    atomic.Uint64
 	contigAt  atomic.Int64 // unix ns contig last advanced
 	welcomeAt atomic.Int64 // unix ns of the latest welcome
@@ -159,6 +163,9 @@ func (c *client) connect() error {
 	c.welcomeAt.Store(time.Now().UnixNano())
 	c.p.lc.welcomes.Add(1)
 	c.p.lc.online.Add(1)
+	if c.p.soak.Load() {
+		c.resendPending(wc, false)
+	}
 	if c.p.catchupReq.Load() {
 		c.requestConvs(wc)
 	}
@@ -266,6 +273,9 @@ func (c *client) handle(wc *wsConn, m []byte) {
 	case "msg":
 		c.onMsg(m)
 	case "sent":
+		if c.p.soak.Load() && !c.onSoakSent(m) {
+			return // a second sent for a re-sent cmid
+		}
 		c.p.lc.sentOK.Add(1)
 		if cmid, ok := jsonStr(m, "cmid"); ok {
 			if i := bytes.LastIndexByte(cmid, '-'); i >= 0 {
@@ -280,10 +290,14 @@ func (c *client) handle(wc *wsConn, m []byte) {
 	case "error":
 		c.p.lc.errors.Add(1)
 		code, _ := jsonStr(m, "code")
+		c.p.lc.closeCode("error:" + string(code))
 		if string(code) == "rate_limited" {
 			c.p.lc.rateLimited.Add(1)
 		}
-		if _, ok := jsonStr(m, "cmid"); ok {
+		if cmid, ok := jsonStr(m, "cmid"); ok {
+			if c.p.soak.Load() {
+				c.onSoakError(cmid, code)
+			}
 			if c.errs != nil {
 				select {
 				case c.errs <- string(code):
@@ -335,6 +349,10 @@ func (c *client) onMsg(m []byte) {
 	if !found {
 		c.acks = append(c.acks, pendingAck{conv: append([]byte(nil), conv...), seq: seq})
 	}
+	if c.p.soak.Load() && c.soakHold(conv, seq) {
+		c.p.lc.dups.Add(1)
+		return
+	}
 	if g := c.p.group.Load(); g != 0 && c.isGroupConv(conv, g) && c.hold(seq) {
 		c.p.lc.dups.Add(1)
 		return // a resend: its latency was recorded on first arrival
@@ -354,24 +372,48 @@ func (c *client) isGroupConv(conv []byte, g uint64) bool {
 	return n == len(conv)-2 && v == g
 }
 
-// hold marks seq held and reports whether it already was.
-func (c *client) hold(seq uint64) bool {
-	c.mu.Lock()
+// seqSet is the set of seqs of one conversation a client holds: what its
+// application would keep after dropping duplicates by (conv, seq).
+type seqSet struct {
+	bits   []uint64
+	contig uint64 // it holds every seq 1..contig
+}
+
+// add marks seq held and reports whether it already was.
+func (s *seqSet) add(seq uint64) bool {
 	w := int(seq / 64)
-	for len(c.held) <= w {
-		c.held = append(c.held, 0)
+	for len(s.bits) <= w {
+		s.bits = append(s.bits, 0)
 	}
-	had := c.held[w]&(1<<(seq%64)) != 0
-	c.held[w] |= 1 << (seq % 64)
-	k := c.contig.Load()
+	had := s.bits[w]&(1<<(seq%64)) != 0
+	s.bits[w] |= 1 << (seq % 64)
 	for {
-		n := k + 1
-		if int(n/64) >= len(c.held) || c.held[n/64]&(1<<(n%64)) == 0 {
+		n := s.contig + 1
+		if int(n/64) >= len(s.bits) || s.bits[n/64]&(1<<(n%64)) == 0 {
 			break
 		}
-		k = n
+		s.contig = n
 	}
-	if k != c.contig.Load() {
+	return had
+}
+
+// missing counts seqs in 1..f not held.
+func (s *seqSet) missing(f uint64) int64 {
+	var have int64
+	for q := uint64(1); q <= f; q++ {
+		if w := int(q / 64); w < len(s.bits) && s.bits[w]&(1<<(q%64)) != 0 {
+			have++
+		}
+	}
+	return int64(f) - have
+}
+
+// hold marks seq of the tracked group held and reports whether it already
+// was.
+func (c *client) hold(seq uint64) bool {
+	c.mu.Lock()
+	had := c.grp.add(seq)
+	if k := c.grp.contig; k != c.contig.Load() {
 		c.contig.Store(k)
 		c.contigAt.Store(time.Now().UnixNano())
 	}
@@ -400,14 +442,7 @@ func (c *client) checkCaught() {
 func (c *client) missing(f uint64) int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	var have int64
-	for s := uint64(1); s <= f; s++ {
-		w := int(s / 64)
-		if w < len(c.held) && c.held[w]&(1<<(s%64)) != 0 {
-			have++
-		}
-	}
-	return int64(f) - have
+	return c.grp.missing(f)
 }
 
 // --- catch-up (PROTOCOL §9): convs, then history for the gap ---
@@ -417,10 +452,10 @@ func (c *client) requestConvs(wc *wsConn) {
 	_ = wc.writeText([]byte(`{"type":"convs","rid":"cv"}`))
 }
 
-func (c *client) requestHistory(wc *wsConn, g, after uint64) {
+func (c *client) requestHistory(wc *wsConn, conv string, after uint64) {
 	b := make([]byte, 0, 96)
-	b = append(b, `{"type":"history","rid":"h","conv":"g:`...)
-	b = strconv.AppendUint(b, g, 10)
+	b = append(b, `{"type":"history","rid":"h","conv":"`...)
+	b = append(b, conv...)
 	b = append(b, `","after":`...)
 	b = strconv.AppendUint(b, after, 10)
 	b = append(b, `,"limit":200}`...)
@@ -439,17 +474,18 @@ func (c *client) onConvs(wc *wsConn, m []byte) {
 	if json.Unmarshal(m, &r) != nil {
 		return
 	}
-	g := c.p.group.Load()
-	want := "g:" + strconv.FormatUint(g, 10)
+	soak := c.p.soak.Load()
+	want := "g:" + strconv.FormatUint(c.p.group.Load(), 10)
 	for _, it := range r.Items {
-		if it.Conv == want && c.contig.Load() < it.LastSeq {
-			c.requestHistory(wc, g, c.contig.Load())
+		if held := c.held(it.Conv); (soak || it.Conv == want) && held < it.LastSeq {
+			c.requestHistory(wc, it.Conv, held)
 		}
 	}
 }
 
 func (c *client) onHistory(wc *wsConn, m []byte) {
 	var r struct {
+		Conv     string `json:"conv"`
 		Messages []struct {
 			Seq uint64 `json:"seq"`
 		} `json:"messages"`
@@ -459,10 +495,14 @@ func (c *client) onHistory(wc *wsConn, m []byte) {
 		return
 	}
 	for _, x := range r.Messages {
-		c.hold(x.Seq)
+		if c.p.soak.Load() {
+			c.soakHold([]byte(r.Conv), x.Seq)
+		} else {
+			c.hold(x.Seq)
+		}
 	}
 	if r.More && len(r.Messages) > 0 {
-		c.requestHistory(wc, c.p.group.Load(), c.contig.Load())
+		c.requestHistory(wc, r.Conv, c.held(r.Conv))
 	}
 }
 
@@ -486,14 +526,7 @@ func (c *client) request(frame []byte, timeout time.Duration) ([]byte, error) {
 // heartbeats sends a ping on every client that wrote nothing for its
 // heartbeat interval, until quit.
 func (p *pool) heartbeats() {
-	t := time.NewTicker(500 * time.Millisecond)
-	defer t.Stop()
-	for {
-		select {
-		case <-p.quit:
-			return
-		case <-t.C:
-		}
+	p.tick(500*time.Millisecond, func() {
 		now := time.Now().UnixNano()
 		for _, c := range p.clients {
 			c.mu.Lock()
@@ -507,6 +540,20 @@ func (p *pool) heartbeats() {
 				p.lc.pings.Add(1)
 			}
 		}
+	})
+}
+
+// tick calls f every d until quit.
+func (p *pool) tick(d time.Duration, f func()) {
+	t := time.NewTicker(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.quit:
+			return
+		case <-t.C:
+		}
+		f()
 	}
 }
 
@@ -550,12 +597,20 @@ func (p *pool) connectAll(conc int, rate float64, frac float64) {
 	wg.Wait()
 }
 
-// joinAll makes every online client join group g.
+// joinAll makes every online client join group g (0: the group of its
+// spec, if any).
 func (p *pool) joinAll(g uint64, conc int) {
-	frame := []byte(`{"type":"group_join","rid":"j","group":` + strconv.FormatUint(g, 10) + `}`)
 	sem := make(chan struct{}, max(conc, 1))
 	var wg sync.WaitGroup
 	for _, c := range p.clients {
+		gid := g
+		if gid == 0 {
+			gid = c.spec.Group
+		}
+		if gid == 0 {
+			continue
+		}
+		frame := []byte(`{"type":"group_join","rid":"j","group":` + strconv.FormatUint(gid, 10) + `}`)
 		sem <- struct{}{}
 		wg.Add(1)
 		go func() {
@@ -583,6 +638,27 @@ func sendBody(dst []byte, size int) []byte {
 	return dst
 }
 
+// appendSend appends a send frame to target (`"to":UID` or `"group":GID`)
+// whose cmid is prefix, a per-client counter, "-" and the send time in
+// unix ns (the sent latency is measured from it).
+func (c *client) appendSend(buf []byte, prefix, target string) []byte {
+	buf = append(buf, `{"type":"send","cmid":"`...)
+	buf = append(buf, prefix...)
+	buf = strconv.AppendUint(buf, c.nsend.Add(1), 10)
+	buf = append(buf, '-')
+	buf = strconv.AppendInt(buf, time.Now().UnixNano(), 10)
+	buf = append(buf, `",`...)
+	buf = append(buf, target...)
+	buf = append(buf, `,"body":"`...)
+	buf = sendBody(buf, c.p.bodySize)
+	return append(buf, `"}`...)
+}
+
+// sendPrefix is the start of this client's cmids, unique per run.
+func (c *client) sendPrefix() string {
+	return "b" + strconv.Itoa(c.spec.Idx) + "." + strconv.FormatInt(time.Now().UnixNano(), 36) + "."
+}
+
 // sendLoop sends to target (`"to":UID` or `"group":GID`) until end or
 // until count sends (0: no bound), at rate msgs/s (0: as fast as the
 // window of outstanding sends allows).
@@ -597,7 +673,7 @@ func (c *client) sendLoop(wg *sync.WaitGroup, target string, end time.Time, coun
 			next = next.Add(time.Duration(rand.Int64N(int64(interval) + 1)))
 		}
 	}
-	prefix := "b" + strconv.Itoa(c.spec.Idx) + "." + strconv.FormatInt(time.Now().UnixNano(), 36) + "."
+	prefix := c.sendPrefix()
 	buf := make([]byte, 0, 256+c.p.bodySize)
 	for sent := 0; (count == 0 || sent < count) && time.Now().Before(end) && !c.p.quitted.Load(); sent++ {
 		if rate > 0 {
@@ -611,18 +687,7 @@ func (c *client) sendLoop(wg *sync.WaitGroup, target string, end time.Time, coun
 		case <-time.After(time.Until(end)):
 			return
 		}
-		n := c.nsend.Add(1)
-		buf = buf[:0]
-		buf = append(buf, `{"type":"send","cmid":"`...)
-		buf = append(buf, prefix...)
-		buf = strconv.AppendUint(buf, n, 10)
-		buf = append(buf, '-')
-		buf = strconv.AppendInt(buf, time.Now().UnixNano(), 10)
-		buf = append(buf, `",`...)
-		buf = append(buf, target...)
-		buf = append(buf, `,"body":"`...)
-		buf = sendBody(buf, c.p.bodySize)
-		buf = append(buf, `"}`...)
+		buf = c.appendSend(buf[:0], prefix, target)
 		if c.write(buf) != nil {
 			return
 		}

@@ -82,6 +82,17 @@ func newReport(o *options) *Report {
 		r.param("rate", o.rate)
 		r.param("messages", o.messages)
 		r.param("kill", o.kill)
+	case "soak":
+		r.param("conns", o.conns)
+		r.param("duration", o.duration.String())
+		r.param("rate", o.rate)
+		r.param("group_frac", o.groupFrac)
+		r.param("groups", o.groups)
+		r.param("group_size", o.groupSize)
+		r.param("churn", o.churn)
+		r.param("clean_frac", o.cleanFrac)
+		r.param("window", o.window)
+		r.param("size", o.size)
 	}
 	if o.spawn {
 		r.param("server_args", strings.Join(o.serverArgs, " "))

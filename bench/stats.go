@@ -88,6 +88,10 @@ type counters struct {
 	CaughtUp    int64 `json:"caught_up"`    // storm: clients holding 1..final
 	History     int64 `json:"history"`      // history requests written
 	LastRecvNs  int64 `json:"last_recv_ns"` // unix ns of the latest msg received
+	GroupSent   int64 `json:"group_sent"`   // soak: sent frames for group messages
+	Resent      int64 `json:"resent"`       // soak: sends written again with their cmid
+	Kills       int64 `json:"kills"`        // soak: connections dropped without a close frame
+	CleanCloses int64 `json:"clean_closes"` // soak: connections closed with a close frame
 	// CloseCodes counts close codes received ("4008") and failed
 	// connection attempts by kind ("fail:refused", "fail:timeout", …).
 	CloseCodes map[string]int64 `json:"close_codes,omitempty"`
@@ -111,6 +115,10 @@ func (c *counters) add(o counters) {
 	c.CaughtUp += o.CaughtUp
 	c.History += o.History
 	c.LastRecvNs = max(c.LastRecvNs, o.LastRecvNs)
+	c.GroupSent += o.GroupSent
+	c.Resent += o.Resent
+	c.Kills += o.Kills
+	c.CleanCloses += o.CleanCloses
 	for k, v := range o.CloseCodes {
 		if c.CloseCodes == nil {
 			c.CloseCodes = map[string]int64{}
@@ -124,6 +132,7 @@ type liveCounters struct {
 	online, welcomes, connFail, disconnects, joined        atomic.Int64
 	sends, sentOK, errors, rateLimited, pushes, dups       atomic.Int64
 	ackFrames, pings, pongs, caughtUp, history, lastRecvNs atomic.Int64
+	groupSent, resent, kills, cleanCloses                  atomic.Int64
 
 	mu         sync.Mutex
 	closeCodes map[string]int64
@@ -146,6 +155,7 @@ func (l *liveCounters) snapshot() counters {
 		Pushes: l.pushes.Load(), Dups: l.dups.Load(), AckFrames: l.ackFrames.Load(),
 		Pings: l.pings.Load(), Pongs: l.pongs.Load(), CaughtUp: l.caughtUp.Load(),
 		History: l.history.Load(), LastRecvNs: l.lastRecvNs.Load(),
+		GroupSent: l.groupSent.Load(), Resent: l.resent.Load(), Kills: l.kills.Load(), CleanCloses: l.cleanCloses.Load(),
 	}
 	l.mu.Lock()
 	if len(l.closeCodes) > 0 {

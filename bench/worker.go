@@ -33,7 +33,7 @@ type workerInit struct {
 }
 
 type workerCmd struct {
-	Op         string  `json:"op"` // connect, join, p2p, storm, final, reset, result, quit
+	Op         string  `json:"op"` // connect, join, p2p, storm, final, soak, drain, sentmax, soakcheck, reset, result, quit
 	Group      uint64  `json:"group,omitempty"`
 	Rate       float64 `json:"rate,omitempty"` // p2p: per sender
 	Window     int     `json:"window,omitempty"`
@@ -41,6 +41,12 @@ type workerCmd struct {
 	Final      uint64  `json:"final,omitempty"`
 	TimeoutMs  int64   `json:"timeout_ms,omitempty"`
 	Frac       float64 `json:"frac,omitempty"` // connect: only this leading fraction of the clients (0: all)
+	// soak
+	Peers     []uint64          `json:"peers,omitempty"` // uids direct messages go to
+	GroupFrac float64           `json:"group_frac,omitempty"`
+	Churn     float64           `json:"churn,omitempty"` // connections dropped per second
+	CleanFrac float64           `json:"clean_frac,omitempty"`
+	Lasts     map[string]uint64 `json:"lasts,omitempty"` // soakcheck: last seq with a sent per conv
 }
 
 type workerEvent struct {
@@ -62,6 +68,12 @@ type workerResult struct {
 	// latest time a client came to hold 1..final (unix ns).
 	MaxWelcomeNs int64 `json:"max_welcome_ns"`
 	MaxCaughtNs  int64 `json:"max_caught_ns"`
+	// soak
+	SentMax    map[string]uint64 `json:"sent_max,omitempty"`   // highest seq with a sent per conv
+	Deliveries int64             `json:"deliveries,omitempty"` // member × seq pairs checked
+	Convs      int               `json:"convs,omitempty"`
+	Pending    int64             `json:"pending,omitempty"`  // sends still without sent
+	Examples   []string          `json:"examples,omitempty"` // a few losses, for the report
 }
 
 // workerMain is `magpie bench worker`.
@@ -94,19 +106,9 @@ func workerMain(in io.Reader, out io.Writer) int {
 		_ = enc.Encode(e)
 		omu.Unlock()
 	}
-	go func() {
-		t := time.NewTicker(250 * time.Millisecond)
-		defer t.Stop()
-		for {
-			select {
-			case <-p.quit:
-				return
-			case <-t.C:
-				emit(workerEvent{Ev: "progress", C: p.lc.snapshot()})
-			}
-		}
-	}()
+	go p.tick(250*time.Millisecond, func() { emit(workerEvent{Ev: "progress", C: p.lc.snapshot()}) })
 	hbStarted := false
+	var lasts map[string]uint64 // soakcheck
 	for sc.Scan() {
 		var cmd workerCmd
 		if err := json.Unmarshal(sc.Bytes(), &cmd); err != nil {
@@ -139,6 +141,17 @@ func workerMain(in io.Reader, out io.Writer) int {
 			for p.lc.caughtUp.Load() < int64(len(p.clients)) && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
+		case "soak":
+			runSoak(p, cmd)
+		case "drain":
+			p.soakDrain(time.Now().Add(time.Duration(cmd.TimeoutMs) * time.Millisecond))
+		case "sentmax":
+			ev.Result = &workerResult{SentMax: p.sentMax()}
+		case "soakcheck":
+			if cmd.Lasts != nil {
+				lasts = cmd.Lasts
+			}
+			ev.Result = p.soakCheck(lasts)
 		case "reset":
 			p.conn.reset()
 			p.sent.reset()
