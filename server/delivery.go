@@ -67,7 +67,7 @@ func (c *conn) push(m *pushMsg, now int64) {
 	c.win.live++
 	c.queue(m.frame)
 	c.lp.st.pushes.Add(1)
-	if due := now + int64(s.cfg.AckTimeout); c.retxAt == 0 || due < c.retxAt {
+	if due := retxDue(now, int64(s.cfg.AckTimeout), 0); c.retxAt == 0 || due < c.retxAt {
 		c.retxAt = due
 		c.retx.Set(due)
 	}
@@ -259,7 +259,7 @@ func (c *conn) onRetx(context.Context) error {
 		if e.m == nil {
 			continue
 		}
-		due := e.t0 + T*(int64(1)<<(e.k+1)-1)
+		due := retxDue(e.t0, T, e.k)
 		if due <= now {
 			if e.k >= R {
 				c.closeWith(closeAckTimeout, "ack timeout")
@@ -268,7 +268,7 @@ func (c *conn) onRetx(context.Context) error {
 			e.k++
 			c.queue(e.m.frame)
 			resent++
-			due = e.t0 + T*(int64(1)<<(e.k+1)-1)
+			due = retxDue(e.t0, T, e.k)
 		}
 		if next == 0 || due < next {
 			next = due
