@@ -19,7 +19,7 @@ import (
 // the table grows by re-inserting the fingerprints it holds, without going
 // back to Pebble. 0 marks an empty slot (fingerprint 0 is stored as 1).
 // Memory: 4 bytes per slot, at most 3/4 of the slots used, so 5.3–10.7 bytes
-// per stored pair. Collisions: a new pair hits with probability about
+// per stored pair (plus the old table for a while after each doubling). Collisions: a new pair hits with probability about
 // n/2^32 (0.02 % at a million stored pairs, 2.3 % at 100 million).
 //
 // Owned by the committer goroutine (and by Open before it starts): no
@@ -28,7 +28,15 @@ type cmidSet struct {
 	seed  maphash.Seed // per process: collisions differ between runs
 	slots []uint32
 	shift uint // 32 - log2(len(slots))
-	n     int  // fingerprints held
+	n     int  // fingerprints in slots
+	// old is the table being moved into slots while growing (see add);
+	// nil otherwise. old[:moved] has been moved.
+	old      []uint32
+	oldShift uint
+	moved    int
+	// next delivers the next, doubled table once it is allocated (see
+	// add); nil when none was requested.
+	next chan []uint32
 	// off: the table would exceed maxCMIDSetLog; every lookup says "maybe"
 	// (the exact lookup decides), which is always safe.
 	off bool
@@ -36,6 +44,10 @@ type cmidSet struct {
 	// force collisions. Normally all ones.
 	mask uint32
 }
+
+// bgAllocMin is the table size from which the next table is allocated in
+// the background (smaller ones are quick to allocate); a variable for tests.
+var bgAllocMin = 1 << 20
 
 const (
 	minCMIDSetLog = 10 // 1,024 slots, 4 KiB
@@ -49,13 +61,8 @@ func newCMIDSet(fpBits int) *cmidSet {
 	if fpBits > 0 && fpBits < 32 {
 		s.mask = ^uint32(0) << (32 - fpBits)
 	}
-	s.alloc(minCMIDSetLog)
+	s.slots, s.shift = make([]uint32, 1<<minCMIDSetLog), 32-minCMIDSetLog
 	return s
-}
-
-func (s *cmidSet) alloc(log uint) {
-	s.slots = make([]uint32, 1<<log)
-	s.shift = 32 - log
 }
 
 // fp returns the fingerprint of (from, cmid); never 0.
@@ -89,9 +96,13 @@ func (s *cmidSet) has(f uint32) bool {
 	if s.off {
 		return true
 	}
-	m := len(s.slots) - 1
-	for i := int(f >> s.shift); ; i = (i + 1) & m {
-		switch s.slots[i] {
+	return probe(s.slots, s.shift, f) || (s.old != nil && probe(s.old, s.oldShift, f))
+}
+
+func probe(slots []uint32, shift uint, f uint32) bool {
+	m := len(slots) - 1
+	for i := int(f >> shift); ; i = (i + 1) & m {
+		switch slots[i] {
 		case f:
 			return true
 		case 0:
@@ -100,27 +111,63 @@ func (s *cmidSet) has(f uint32) bool {
 	}
 }
 
+// migrateStep is the number of old slots moved per add while the table
+// grows. The old table (S slots, at most 3/4 full) is gone after S/8 adds,
+// when the new one (2S slots) holds at most 3S/4 + S/8: under half full.
+const migrateStep = 8
+
 // add inserts fingerprint f (a no-op when it is already there).
+//
+// Growing doubles the table incrementally: the old table stays readable
+// (has checks both) and every add moves migrateStep of its slots, so no add
+// stalls the committer for a whole rehash (measured: 2.7 s at 12.6 million
+// pairs when done at once).
 func (s *cmidSet) add(f uint32) {
 	if s.off {
 		return
 	}
+	if s.old != nil {
+		s.migrate(migrateStep)
+	} else if s.next == nil && s.n*2 > len(s.slots) && len(s.slots) >= bgAllocMin && len(s.slots) < 1<<maxCMIDSetLog {
+		// Half full: allocate the next table on another goroutine, so that
+		// the committer does not wait for a large allocation (zeroing
+		// hundreds of MiB) when the table grows.
+		ch := make(chan []uint32, 1)
+		go func(n int) { ch <- make([]uint32, n) }(2 * len(s.slots))
+		s.next = ch
+	}
 	if (s.n+1)*4 > len(s.slots)*3 {
+		s.migrate(len(s.old)) // never needed (see migrateStep); for safety
 		log := uint(bits.TrailingZeros(uint(len(s.slots)))) + 1
 		if log > maxCMIDSetLog {
 			s.off, s.slots, s.n = true, nil, 0
 			return
 		}
-		old := s.slots
-		s.alloc(log)
-		s.n = 0
-		for _, g := range old {
-			if g != 0 {
-				s.insert(g)
-			}
+		s.old, s.oldShift, s.moved = s.slots, s.shift, 0
+		if s.next != nil {
+			s.slots = <-s.next // allocated in the background, normally long done
+			s.next = nil
+		} else {
+			s.slots = make([]uint32, 1<<log)
 		}
+		s.shift = 32 - log
+		s.n = 0
+		s.migrate(migrateStep)
 	}
 	s.insert(f)
+}
+
+// migrate moves up to k slots of the old table into the new one.
+func (s *cmidSet) migrate(k int) {
+	for ; k > 0 && s.moved < len(s.old); k-- {
+		if g := s.old[s.moved]; g != 0 {
+			s.insert(g)
+		}
+		s.moved++
+	}
+	if s.old != nil && s.moved == len(s.old) {
+		s.old = nil
+	}
 }
 
 func (s *cmidSet) insert(f uint32) {
@@ -138,4 +185,4 @@ func (s *cmidSet) insert(f uint32) {
 }
 
 // bytes is the memory held by the table.
-func (s *cmidSet) bytes() int { return 4 * len(s.slots) }
+func (s *cmidSet) bytes() int { return 4 * (len(s.slots) + len(s.old)) }

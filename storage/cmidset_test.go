@@ -10,6 +10,8 @@ import (
 // TestCMIDSetNoFalseNegatives: every added fingerprint is found, across
 // growth, and fp and fpBytes agree.
 func TestCMIDSetNoFalseNegatives(t *testing.T) {
+	defer func(v int) { bgAllocMin = v }(bgAllocMin)
+	bgAllocMin = 1 << 12 // exercise the background allocation too
 	for _, bits := range []int{0, 8, 1} {
 		s := newCMIDSet(bits)
 		var fps []uint32
@@ -37,6 +39,7 @@ func TestCMIDSetNoFalseNegatives(t *testing.T) {
 				t.Fatalf("bits %d: fingerprint %x lost", bits, g)
 			}
 		}
+		s.migrate(len(s.old))
 		slices.Sort(fps)
 		if d := len(slices.Compact(fps)); d != s.n {
 			t.Fatalf("bits %d: %d distinct fingerprints, set holds %d", bits, d, s.n)

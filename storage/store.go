@@ -317,6 +317,7 @@ func (s *Store) loadCMIDs() error {
 		}
 		s.seen.add(s.seen.fpBytes(getU64(k[1:]), k[9:]))
 	}
+	s.seen.migrate(len(s.seen.old)) // finish a doubling now, while nothing waits
 	if err := it.Error(); err != nil {
 		it.Close()
 		return err
