@@ -371,3 +371,47 @@ func TestUpgradeConcurrent(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// TestUpgradeConcurrentNoTokenCarryOver interleaves, on many goroutines,
+// tokenless upgrades with token upgrades and with requests gobwas rejects
+// before or after OnRequest (bad method, HTTP/1.0, a malformed header): a
+// tokenless request must never see a token of an earlier request through
+// the pooled handshake (401), and never reach Authorize. Run with -race.
+func TestUpgradeConcurrentNoTokenCarryOver(t *testing.T) {
+	var calls atomic.Int32
+	u := testUpgrader(&calls)
+	cases := []struct {
+		req    []byte
+		status int
+	}{
+		{upgrade("/ws?token=good&device=d1"), 101},
+		{upgrade("/ws?token=bad"), 401},
+		{upgrade("/ws"), 101},
+		{request("POST /ws?token=bad HTTP/1.1", wsHeaders...), 400},
+		{request("GET /ws?token=bad HTTP/1.0", wsHeaders...), 400},
+		{request("GET /ws?token=bad HTTP/1.1", "Host: x", "no colon here"), 400},
+		{upgrade("/ws?token=&device="), 101},
+		{upgrade("/ws?device=d2"), 101},
+	}
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 2000 {
+				tc := cases[(g+i)%len(cases)]
+				var r Request
+				_, status := u.Upgrade(tc.req, &r)
+				if status != tc.status {
+					t.Errorf("goroutine %d, %q: status %d, want %d", g, tc.req[:bytes.IndexByte(tc.req, '\r')], status, tc.status)
+					return
+				}
+				if status == 101 && r.Token == "" && r.UID != 0 {
+					t.Errorf("goroutine %d: tokenless request got UID %d", g, r.UID)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
