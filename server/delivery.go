@@ -353,9 +353,18 @@ func ridBytes(rid string) []byte {
 // offload runs fn on the worker pool; when the pool is full the request is
 // answered rate_limited. REQUIRES: owning event loop.
 func (s *Server) offload(c *conn, rid string, fn func()) {
+	// Count before checking draining: shutdown sets draining, then waits
+	// for jobs to reach 0 before closing the store.
+	s.jobs.Add(1)
+	if s.draining.Load() {
+		s.jobs.Add(-1)
+		c.errorReply(ridBytes(rid), "", storage.RateLimited, "server shutting down")
+		return
+	}
 	select {
 	case s.work <- fn:
 	default:
+		s.jobs.Add(-1)
 		s.m.workDropped.Inc()
 		c.errorReply(ridBytes(rid), "", storage.RateLimited, "server busy, retry")
 	}

@@ -63,6 +63,7 @@ type Server struct {
 	users   map[uint64]int // online connections per uid
 
 	work     chan func()
+	jobs     atomic.Int64 // offloaded requests queued or running (see offload)
 	draining atomic.Bool
 	ready    atomic.Bool
 }
@@ -231,6 +232,16 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	s.ready.Store(false)
 	s.draining.Store(true)
 	s.log.Info("shutting down")
+	// Workers read Pebble directly (history), and Pebble panics when used
+	// after Close: let the requests already offloaded finish (their
+	// replies reach the loops before the 1001 below); offload refuses new
+	// ones once draining is set.
+	for s.jobs.Load() > 0 {
+		if ctx.Err() != nil {
+			return errors.New("shutdown grace exceeded while finishing requests")
+		}
+		time.Sleep(time.Millisecond) // polling a counter: shutdown only
+	}
 	// Commit what was already queued; OnSent posts the sent replies to the
 	// loops before the close tasks below (loop task queues are FIFO).
 	storeErr := make(chan error, 1)
@@ -340,6 +351,7 @@ func (s *Server) allLoops() []*loop {
 func (s *Server) worker() {
 	for fn := range s.work {
 		fn()
+		s.jobs.Add(-1)
 	}
 }
 

@@ -1,0 +1,62 @@
+package server
+
+import (
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+)
+
+// TestShutdownDuringHistory shuts down while clients keep asking for
+// history. Workers read Pebble directly, and Pebble panics ("pebble:
+// closed") on a read after Close: shutdown must let the offloaded reads
+// finish and refuse new ones before closing the store, then exit cleanly.
+func TestShutdownDuringHistory(t *testing.T) {
+	ts := startServer(t, nil)
+	_, tokA := ts.user("alice")
+	uidB, _ := ts.user("bob")
+	a := login(t, ts, tokA)
+	a.send(map[string]any{"type": "send", "cmid": "c1", "to": uidB, "body": "hi"})
+	a.nextType("sent")
+	req := []byte(fmt.Sprintf(`{"type":"history","conv":"d:1:%d"}`, uidB))
+
+	var wg sync.WaitGroup
+	answered := make(chan struct{}, 1)
+	for i := 0; i < 4; i++ {
+		c, _, err := websocket.DefaultDialer.Dial(ts.url("token="+tokA), nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		wg.Add(2)
+		go func() { // reader: until the 1001 (or any error)
+			defer wg.Done()
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+				select {
+				case answered <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		go func() { // writer: history requests as fast as they go out
+			defer wg.Done()
+			for c.WriteMessage(websocket.TextMessage, req) == nil {
+			}
+		}()
+	}
+	select {
+	case <-answered: // requests are flowing
+	case <-time.After(10 * time.Second):
+		t.Fatal("no reply to history")
+	}
+	ts.cancel()
+	ts.cancel = nil
+	if err := <-ts.done; err != nil {
+		t.Fatalf("shutdown: %v", err)
+	}
+	wg.Wait()
+}
