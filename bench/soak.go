@@ -428,22 +428,19 @@ func (e *env) soak() error {
 	}
 	defer f.quit()
 	stopWatch := mem.watch(time.Second)
+	defer stopWatch()
 	if err := e.connectFleet(f, n); err != nil {
-		stopWatch()
 		return err
 	}
 	if wantJoined > 0 {
 		if _, err := f.do(workerCmd{Op: "join"}, 10*time.Minute); err != nil {
-			stopWatch()
 			return err
 		}
 		if j := f.totals().Joined; j < int64(wantJoined) {
-			stopWatch()
 			return fmt.Errorf("only %d of %d group members joined", j, wantJoined)
 		}
 	}
 	if _, err := f.do(workerCmd{Op: "reset"}, time.Minute); err != nil {
-		stopWatch()
 		return err
 	}
 	c0 := f.totals()
@@ -457,7 +454,6 @@ func (e *env) soak() error {
 		o.duration+2*time.Minute)
 	el := time.Since(t0)
 	if err != nil {
-		stopWatch()
 		return err
 	}
 	cs := f.totals()
@@ -469,12 +465,10 @@ func (e *env) soak() error {
 	tDrain := time.Now()
 	drainEnd := tDrain.Add(o.drain)
 	if _, err := f.do(workerCmd{Op: "drain", TimeoutMs: o.drain.Milliseconds()}, o.drain+time.Minute); err != nil {
-		stopWatch()
 		return err
 	}
 	evs, err := f.do(workerCmd{Op: "sentmax"}, time.Minute)
 	if err != nil {
-		stopWatch()
 		return err
 	}
 	lasts := map[string]uint64{}
@@ -490,7 +484,6 @@ func (e *env) soak() error {
 	for {
 		evs, err := f.do(cmd, time.Minute)
 		if err != nil {
-			stopWatch()
 			return err
 		}
 		cmd.Lasts = nil // the workers keep them
