@@ -2,6 +2,7 @@ package server
 
 import (
 	"context"
+	"slices"
 	"time"
 
 	"github.com/panjf2000/gnet/v2"
@@ -360,20 +361,21 @@ func (lp *loop) addUser(c *conn) {
 	lp.users[c.uid] = append(lp.users[c.uid], c)
 }
 
+// removeUser drops c from its uid's list. It builds a new list rather than
+// editing in place: the loop may be walking the old one right now (deliver,
+// broadcastRead), since a write that fails inside such a walk runs OnClose,
+// hence removeUser, before it returns. In place, the walk would meet a nil
+// hole and skip the connection moved into c's slot.
 func (lp *loop) removeUser(c *conn) {
 	list := lp.users[c.uid]
-	for i, x := range list {
-		if x == c {
-			list[i] = list[len(list)-1]
-			list[len(list)-1] = nil
-			list = list[:len(list)-1]
-			break
-		}
-	}
-	if len(list) == 0 {
+	i := slices.Index(list, c)
+	switch {
+	case i < 0:
+	case len(list) == 1:
 		delete(lp.users, c.uid)
-	} else {
-		lp.users[c.uid] = list
+	default:
+		next := make([]*conn, 0, len(list)-1)
+		lp.users[c.uid] = append(append(next, list[:i]...), list[i+1:]...)
 	}
 }
 
