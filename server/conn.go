@@ -298,7 +298,7 @@ func (c *conn) onIdle(context.Context) error {
 	case stClosed:
 		return nil
 	case stClosing:
-		if c.gc.OutboundBuffered() == 0 || time.Now().UnixNano() >= c.lastSeen {
+		if c.gc.OutboundBuffered() == 0 || s.wheel.Precise() >= c.lastSeen {
 			_ = c.gc.Close()
 			return nil
 		}
@@ -313,7 +313,7 @@ func (c *conn) onIdle(context.Context) error {
 		return nil
 	}
 	deadline := c.lastSeen + int64(s.cfg.IdleTimeout)
-	if time.Now().UnixNano() < deadline {
+	if s.wheel.Precise() < deadline {
 		c.idle.Set(deadline) // traffic raced with the expiry
 		return nil
 	}
@@ -331,7 +331,7 @@ func (c *conn) authenticate(uid uint64, device string) {
 	c.idle.Set(c.lastSeen + int64(s.cfg.IdleTimeout))
 	if s.cfg.SendRate > 0 {
 		c.tokens = float64(2 * s.cfg.SendRate)
-		c.tokAt = time.Now().UnixNano()
+		c.tokAt = s.wheel.Precise()
 	}
 	c.lp.addUser(c)
 	s.online(c)
@@ -344,7 +344,7 @@ func (c *conn) allowSend() bool {
 	if rate == 0 {
 		return true
 	}
-	now := time.Now().UnixNano()
+	now := c.lp.srv.wheel.Precise() // not the wall clock: a step back would drain the bucket
 	c.tokens += float64(now-c.tokAt) * float64(rate) / 1e9
 	c.tokAt = now
 	if max := float64(2 * rate); c.tokens > max {

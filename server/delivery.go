@@ -3,7 +3,6 @@ package server
 import (
 	"context"
 	"errors"
-	"time"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -250,7 +249,7 @@ func (c *conn) onRetx(context.Context) error {
 	s := c.lp.srv
 	T := int64(s.cfg.AckTimeout)
 	R := uint8(s.cfg.AckRetries)
-	now := time.Now().UnixNano()
+	now := s.wheel.Precise()
 	var next int64
 	resent := 0
 	w := c.win

@@ -281,6 +281,15 @@ func (w *Wheel) Now() int64 {
 //go:noinline
 func (w *Wheel) slowNow() int64 { return roundUp(w.precise(), w.tick) }
 
+// Precise returns the current time in Unix nanoseconds on the clock the
+// timers run on, exactly (not rounded up like Now). An owner re-checking a
+// deadline when its timer fires, or measuring an interval, must use this
+// rather than time.Now().UnixNano(): the wheel's clock follows elapsed time,
+// while the system clock may be stepped (NTP, VM resume), which would make
+// such a re-check early (forward step) or re-arm an already due timer in a
+// busy loop (backward step). Safe from any goroutine.
+func (w *Wheel) Precise() int64 { return w.precise() }
+
 // Live returns the number of armed timers: Set to a deadline and neither
 // fired nor stopped since. For leak tests and metrics; it takes every shard
 // lock, so do not call it per event. Safe from any goroutine.
