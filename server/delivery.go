@@ -193,7 +193,7 @@ func (lp *loop) stash(frame []byte) []byte {
 // REQUIRES: owning event loop.
 func (c *conn) ack(r *request) {
 	if r.has&hasConv == 0 || r.has&hasSeq == 0 {
-		c.errorReply(nil, "", storage.BadRequest, "conv and seq are required")
+		c.errorReply(r.rid, "", storage.BadRequest, "conv and seq are required")
 		return
 	}
 	w := c.win
