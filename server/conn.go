@@ -98,6 +98,7 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	gc.SetContext(c)
 	c.idle.Init(s.wheel, c.onIdleFire)
 	c.retx.Init(s.wheel, c.onRetxFire)
+	c.lastSeen = s.wheel.Precise() // accept time, until authenticated
 	c.idle.Set(s.wheel.Now() + int64(s.cfg.AuthTimeout))
 	return nil, gnet.None
 }
@@ -305,11 +306,15 @@ func (c *conn) onIdle(context.Context) error {
 		c.idle.Set(s.wheel.Now() + int64(100*time.Millisecond))
 		return nil
 	case stHandshake:
-		c.dropTCP() // slowloris: no response
+		if !c.authRearmed() {
+			c.dropTCP() // slowloris: no response
+		}
 		return nil
 	}
 	if c.uid == 0 {
-		c.closeWith(closeAuthTimeout, "auth timeout")
+		if !c.authRearmed() {
+			c.closeWith(closeAuthTimeout, "auth timeout")
+		}
 		return nil
 	}
 	deadline := c.lastSeen + int64(s.cfg.IdleTimeout)
@@ -319,6 +324,20 @@ func (c *conn) onIdle(context.Context) error {
 	}
 	c.closeWith(closeIdle, "idle timeout")
 	return nil
+}
+
+// authRearmed re-arms the auth deadline (accept + --auth-timeout) and
+// reports true when it has not really passed: the deadline was set from the
+// wheel's coarse Now, which lags the real time when its goroutine stalls
+// (a loaded machine), and a timer must never fire early.
+// REQUIRES: owning event loop; not authenticated (lastSeen is the accept time).
+func (c *conn) authRearmed() bool {
+	s := c.lp.srv
+	if due := c.lastSeen + int64(s.cfg.AuthTimeout); s.wheel.Precise() < due {
+		c.idle.Set(due)
+		return true
+	}
+	return false
 }
 
 // authenticate binds the connection to uid and sends welcome.
