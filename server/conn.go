@@ -192,7 +192,10 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	if frames > 0 {
 		c.lp.st.framesIn.Add(uint64(frames))
 		if c.uid != 0 && c.state == stOpen {
-			now := s.wheel.Now()
+			// One precise clock read per read event (not per frame): the
+			// coarse clock can lag after a stall, which would make the
+			// idle deadline early.
+			now := s.wheel.Precise()
 			c.lastSeen = now
 			c.idle.Set(now + int64(s.cfg.IdleTimeout))
 		}
@@ -346,7 +349,7 @@ func (c *conn) authenticate(uid uint64, device string) {
 	s := c.lp.srv
 	c.uid = uid
 	c.device = device
-	c.lastSeen = s.wheel.Now()
+	c.lastSeen = s.wheel.Precise()
 	c.idle.Set(c.lastSeen + int64(s.cfg.IdleTimeout))
 	if s.cfg.SendRate > 0 {
 		c.tokens = float64(2 * s.cfg.SendRate)

@@ -317,7 +317,8 @@ func (s *Server) onSent(batch []*storage.Send) {
 // deliver answers this loop's senders and pushes to this loop's recipient
 // connections. REQUIRES: owning event loop.
 func (lp *loop) deliver(fo *fanout) {
-	now := lp.srv.wheel.Now()
+	now := lp.srv.wheel.Precise() // once per task; first-send times must not be early
+
 	for i, m := range fo.sends {
 		sc, rid := tagConn(m.Tag)
 		if sc != nil && sc.lp == lp && sc.state == stOpen {
