@@ -198,6 +198,7 @@ type throttle struct {
 type throttleEntry struct {
 	fails       []time.Time // within the window, oldest first; at most throttleMax
 	lockedUntil time.Time
+	pending     int // attempts between begin and fail/succeed
 }
 
 const (
@@ -211,12 +212,38 @@ func newThrottle() *throttle {
 	return &throttle{entries: make(map[string]*throttleEntry), now: time.Now}
 }
 
-// locked reports whether logins for name are refused now.
-func (t *throttle) locked(name string) bool {
+// begin reports whether a login for name may be checked now. It also
+// counts the attempt as pending until fail or succeed, and refuses while
+// recorded plus pending failures could reach the limit, so a parallel burst
+// of wrong passwords cannot get more than throttleMax checks in.
+// Every begin that returns true must be followed by fail or succeed.
+func (t *throttle) begin(name string) bool {
+	key := strings.ToLower(name)
+	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.entries[strings.ToLower(name)]
-	return e != nil && t.now().Before(e.lockedUntil)
+	e := t.entries[key]
+	if e == nil {
+		if len(t.entries) >= throttleEntries {
+			t.pruneLocked(now)
+		}
+		e = &throttleEntry{}
+		t.entries[key] = e
+	}
+	if now.Before(e.lockedUntil) {
+		return false
+	}
+	recent := 0
+	for _, f := range e.fails {
+		if now.Sub(f) < throttleWindow {
+			recent++
+		}
+	}
+	if recent+e.pending >= throttleMax {
+		return false
+	}
+	e.pending++
+	return true
 }
 
 // fail records a failed login.
@@ -232,6 +259,9 @@ func (t *throttle) fail(name string) {
 		}
 		e = &throttleEntry{}
 		t.entries[key] = e
+	}
+	if e.pending > 0 {
+		e.pending--
 	}
 	keep := e.fails[:0]
 	for _, f := range e.fails {
@@ -259,7 +289,7 @@ func (t *throttle) succeed(name string) {
 // REQUIRES: t.mu.
 func (t *throttle) pruneLocked(now time.Time) {
 	for k, e := range t.entries {
-		if now.After(e.lockedUntil) && (len(e.fails) == 0 || now.Sub(e.fails[len(e.fails)-1]) >= throttleWindow) {
+		if e.pending == 0 && now.After(e.lockedUntil) && (len(e.fails) == 0 || now.Sub(e.fails[len(e.fails)-1]) >= throttleWindow) {
 			delete(t.entries, k)
 		}
 	}

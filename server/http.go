@@ -142,7 +142,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	if !ok {
 		return
 	}
-	if s.throttle.locked(name) {
+	if !s.throttle.begin(name) {
 		s.m.httpLogins.WithLabelValues("throttled").Inc()
 		apiError(w, http.StatusTooManyRequests, "rate_limited", "too many failed logins; try again in a minute")
 		return
