@@ -274,7 +274,10 @@ func (t *throttle) fail(name string) {
 		e.fails = e.fails[len(e.fails)-throttleMax:]
 	}
 	if len(e.fails) >= throttleMax {
+		// Locked for a minute; the failures that caused it are spent, so
+		// the right password works once the minute is over (PROTOCOL §2).
 		e.lockedUntil = now.Add(throttleLock)
+		e.fails = e.fails[:0]
 	}
 }
 
