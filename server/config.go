@@ -99,7 +99,16 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http (for profiling; keep off in production)")
+	// Errors are returned (the caller prints them once, naming the flag);
+	// the usage is printed only for -h.
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fmt.Fprintln(out, "Usage: magpie serve [flags]")
+			fs.SetOutput(out)
+			fs.PrintDefaults()
+		}
 		return c, err
 	}
 	if fs.NArg() > 0 {
