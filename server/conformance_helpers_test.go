@@ -9,6 +9,7 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"github.com/magpie-im/magpie/internal/wstest"
 	"io"
 	"net"
 	"net/http"
@@ -478,32 +479,7 @@ func (r *cfRaw) head() string {
 // frame writes one client frame, masked unless unmasked.
 func (r *cfRaw) frame(fin bool, op byte, payload []byte, masked bool) {
 	r.t.Helper()
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	hdr := []byte{b0}
-	mbit := byte(0)
-	if masked {
-		mbit = 0x80
-	}
-	switch n := len(payload); {
-	case n < 126:
-		hdr = append(hdr, mbit|byte(n))
-	case n < 65536:
-		hdr = append(hdr, mbit|126, byte(n>>8), byte(n))
-	default:
-		hdr = append(hdr, mbit|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	p := append([]byte(nil), payload...)
-	if masked {
-		key := []byte{7, 1, 9, 3}
-		hdr = append(hdr, key...)
-		for i := range p {
-			p[i] ^= key[i%4]
-		}
-	}
-	if _, err := r.Write(append(hdr, p...)); err != nil {
+	if _, err := r.Write(wstest.ClientFrame(fin, op, payload, masked, [4]byte{7, 1, 9, 3})); err != nil {
 		r.t.Fatalf("write frame: %v", err)
 	}
 }
@@ -511,35 +487,7 @@ func (r *cfRaw) frame(fin bool, op byte, payload []byte, masked bool) {
 // readFrame reads one server frame within d.
 func (r *cfRaw) readFrame(d time.Duration) (op byte, payload []byte, err error) {
 	_ = r.SetReadDeadline(time.Now().Add(d))
-	h := make([]byte, 2)
-	if _, err = io.ReadFull(r.br, h); err != nil {
-		return
-	}
-	if h[1]&0x80 != 0 {
-		return 0, nil, fmt.Errorf("server frame is masked")
-	}
-	op = h[0] & 0x0F
-	n := int(h[1] & 0x7F)
-	switch n {
-	case 126:
-		e := make([]byte, 2)
-		if _, err = io.ReadFull(r.br, e); err != nil {
-			return
-		}
-		n = int(e[0])<<8 | int(e[1])
-	case 127:
-		e := make([]byte, 8)
-		if _, err = io.ReadFull(r.br, e); err != nil {
-			return
-		}
-		n = 0
-		for _, x := range e {
-			n = n<<8 | int(x)
-		}
-	}
-	payload = make([]byte, n)
-	_, err = io.ReadFull(r.br, payload)
-	return
+	return wstest.ReadServerFrame(r.br)
 }
 
 // expectClose reads frames until a close frame (within d) and returns its

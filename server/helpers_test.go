@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/magpie-im/magpie/internal/wstest"
 )
 
 // testServer is an in-process server on 127.0.0.1 ports chosen by the OS.
@@ -303,32 +305,7 @@ func (r *rawConn) readHTTP() string {
 // frame writes a client frame (masked unless unmasked is set).
 func (r *rawConn) frame(fin bool, op byte, payload []byte, masked bool) {
 	r.t.Helper()
-	b0 := op
-	if fin {
-		b0 |= 0x80
-	}
-	hdr := []byte{b0}
-	mbit := byte(0)
-	if masked {
-		mbit = 0x80
-	}
-	switch n := len(payload); {
-	case n < 126:
-		hdr = append(hdr, mbit|byte(n))
-	case n < 65536:
-		hdr = append(hdr, mbit|126, byte(n>>8), byte(n))
-	default:
-		hdr = append(hdr, mbit|127, 0, 0, 0, 0, byte(n>>24), byte(n>>16), byte(n>>8), byte(n))
-	}
-	p := append([]byte(nil), payload...)
-	if masked {
-		key := []byte{1, 2, 3, 4}
-		hdr = append(hdr, key...)
-		for i := range p {
-			p[i] ^= key[i%4]
-		}
-	}
-	if _, err := r.Write(append(hdr, p...)); err != nil {
+	if _, err := r.Write(wstest.ClientFrame(fin, op, payload, masked, [4]byte{1, 2, 3, 4})); err != nil {
 		r.t.Fatalf("write frame: %v", err)
 	}
 }
@@ -336,32 +313,7 @@ func (r *rawConn) frame(fin bool, op byte, payload []byte, masked bool) {
 // readFrame reads one server frame (unmasked) within 5 s.
 func (r *rawConn) readFrame() (op byte, payload []byte, err error) {
 	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	h := make([]byte, 2)
-	if _, err = io.ReadFull(r, h); err != nil {
-		return
-	}
-	op = h[0] & 0x0F
-	n := int(h[1] & 0x7F)
-	switch n {
-	case 126:
-		e := make([]byte, 2)
-		if _, err = io.ReadFull(r, e); err != nil {
-			return
-		}
-		n = int(e[0])<<8 | int(e[1])
-	case 127:
-		e := make([]byte, 8)
-		if _, err = io.ReadFull(r, e); err != nil {
-			return
-		}
-		n = 0
-		for _, x := range e {
-			n = n<<8 | int(x)
-		}
-	}
-	payload = make([]byte, n)
-	_, err = io.ReadFull(r, payload)
-	return
+	return wstest.ReadServerFrame(r)
 }
 
 // expectClose reads frames until a close frame and returns its code, and
