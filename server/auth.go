@@ -218,18 +218,10 @@ func newThrottle() *throttle {
 // of wrong passwords cannot get more than throttleMax checks in.
 // Every begin that returns true must be followed by fail or succeed.
 func (t *throttle) begin(name string) bool {
-	key := strings.ToLower(name)
 	now := t.now()
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	e := t.entries[key]
-	if e == nil {
-		if len(t.entries) >= throttleEntries {
-			t.pruneLocked(now)
-		}
-		e = &throttleEntry{}
-		t.entries[key] = e
-	}
+	e := t.entryLocked(name, now)
 	if now.Before(e.lockedUntil) {
 		return false
 	}
@@ -246,12 +238,9 @@ func (t *throttle) begin(name string) bool {
 	return true
 }
 
-// fail records a failed login.
-func (t *throttle) fail(name string) {
+// entryLocked returns name's entry, creating it. REQUIRES: t.mu.
+func (t *throttle) entryLocked(name string, now time.Time) *throttleEntry {
 	key := strings.ToLower(name)
-	now := t.now()
-	t.mu.Lock()
-	defer t.mu.Unlock()
 	e := t.entries[key]
 	if e == nil {
 		if len(t.entries) >= throttleEntries {
@@ -260,6 +249,15 @@ func (t *throttle) fail(name string) {
 		e = &throttleEntry{}
 		t.entries[key] = e
 	}
+	return e
+}
+
+// fail records a failed login.
+func (t *throttle) fail(name string) {
+	now := t.now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	e := t.entryLocked(name, now)
 	if e.pending > 0 {
 		e.pending--
 	}
