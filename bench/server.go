@@ -72,62 +72,54 @@ func (p *probe) rssBytes() (int64, bool) {
 	return 0, false
 }
 
-// metrics fetches /metrics and returns the unlabelled samples.
-func (p *probe) metrics() map[string]float64 {
-	out := map[string]float64{}
+// scrape fetches /metrics and calls each for every sample line.
+func (p *probe) scrape(each func(line string)) {
 	if p.httpURL == "" {
-		return out
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", p.httpURL+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return out
+		return
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err == nil {
-			out[f[0]] = v
+		if line := sc.Text(); line != "" && line[0] != '#' {
+			each(line)
 		}
 	}
+}
+
+// metrics fetches /metrics and returns the unlabelled samples.
+func (p *probe) metrics() map[string]float64 {
+	out := map[string]float64{}
+	p.scrape(func(line string) {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return
+		}
+		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+			out[f[0]] = v
+		}
+	})
 	return out
 }
 
 // buildInfo returns the labels of the server's magpie_build_info gauge,
 // nil when /metrics has none.
 func (p *probe) buildInfo() map[string]string {
-	if p.httpURL == "" {
-		return nil
-	}
-	resp, err := httpClient.Get(p.httpURL + "/metrics")
-	if err != nil {
-		return nil
-	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 64*1024), 1<<20)
-	for sc.Scan() {
-		rest, ok := strings.CutPrefix(sc.Text(), "magpie_build_info{")
+	var out map[string]string
+	p.scrape(func(line string) {
+		rest, ok := strings.CutPrefix(line, "magpie_build_info{")
 		if !ok {
-			continue
+			return
 		}
-		labels, _, ok := strings.Cut(rest, "}")
-		if !ok {
-			return nil
-		}
-		out := map[string]string{}
+		labels, _, _ := strings.Cut(rest, "}")
+		out = map[string]string{}
 		for _, kv := range strings.Split(labels, ",") {
 			if k, v, ok := strings.Cut(kv, "="); ok {
 				if uq, err := strconv.Unquote(v); err == nil {
@@ -135,9 +127,8 @@ func (p *probe) buildInfo() map[string]string {
 				}
 			}
 		}
-		return out
-	}
-	return nil
+	})
+	return out
 }
 
 // snapshot is the server's state at one moment.
