@@ -214,6 +214,9 @@ func (p *provisioner) one(ctx context.Context, name string) (user, error) {
 func explain(err error) error {
 	var ce *sdk.Error
 	if errors.As(err, &ce) {
+		if ce.Status == http.StatusNotFound {
+			return fmt.Errorf("%w (no user API there: is --http a Magpie server? The baseline server has none; use --tokens)", err)
+		}
 		return err
 	}
 	return fmt.Errorf("%w (is the server running? `make run` starts one; or use --tokens FILE, or --spawn --data DIR)", err)
