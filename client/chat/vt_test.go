@@ -184,6 +184,18 @@ func (s *screen) cursorLine() string {
 	return s.lines()[s.y]
 }
 
+// rowOf is the first row containing sub (-1: none) and the cursor's row.
+func (s *screen) rowOf(sub string) (row, cursor int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for i, l := range s.lines() {
+		if strings.Contains(l, sub) {
+			return i, s.y
+		}
+	}
+	return -1, s.y
+}
+
 // count is how many rows contain sub.
 func (s *screen) count(sub string) int {
 	s.mu.Lock()
