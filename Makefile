@@ -10,13 +10,18 @@ FUZZTIME ?= 1000000x
 
 all: build
 
+# -buildvcs=auto: stamp the git revision into the binary (magpie version,
+# /metrics, bench reports) even where GOFLAGS turns stamping off.
 build:
-	$(GO) build -o $(BIN) ./cmd/magpie
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/magpie
 
 # Builds and starts the server with an embedded Pebble store under ./data
-# and the demo users alice, bob and carol (password: password).
+# and the demo users alice, bob and carol (password: password), on
+# loopback only: `make run BIND=0.0.0.0` exposes it to the network, with
+# its well-known demo passwords and open sign-up (the server warns).
+BIND ?= 127.0.0.1
 run: build
-	$(BIN) serve --data $(DATA) --demo
+	$(BIN) serve --data $(DATA) --demo --listen $(BIND):7070 --http $(BIND):8080
 
 # npm packages used by cross-client tests (the `ws` interop client).
 deps:

@@ -8,6 +8,7 @@ package bench
 
 import (
 	"bufio"
+	"context"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,10 +37,16 @@ scenarios:
   soak      N clients, group and direct traffic while clients drop and reconnect (§9); loss, duplicates, server memory before/peak/after
   baseline  run the goroutine-per-connection comparison server (gorilla/websocket), or its raw-write ceiling mode
 
-Run "magpie bench <scenario> -h" for the flags. Users and tokens come from a
-file written by "magpie user import --tokens FILE" ("uid username token" lines);
-with --spawn the harness starts the server itself (and imports the users when
-the tokens file does not exist yet).
+Run "magpie bench <scenario> -h" for the flags. The users come from one of:
+  (default)       a running server (--http, default http://127.0.0.1:8080, as
+                  "make run" starts it): users PREFIX1 … PREFIXn created through
+                  its HTTP API with the password "magpie-bench", their tokens
+                  cached under ~/.cache/magpie/bench for reruns
+  --tokens FILE   "uid username token" lines, e.g. from "magpie user import --tokens FILE"
+  --spawn --data DIR
+                  the harness starts the server itself on DIR (importing the
+                  users into it when DIR/tokens.txt does not exist yet)
+More: docs/bench/harness.md.
 `
 
 // Main is `magpie bench`; args excludes "bench".
@@ -92,6 +99,9 @@ type options struct {
 	httpURL    string
 	serverPID  int
 	tokens     string
+	password   string
+	signupConc int
+	usersCache string
 	spawn      bool
 	data       string
 	serverArgs []string
@@ -134,11 +144,14 @@ func parseOptions(scenario string, args []string) (*options, error) {
 	fs.StringVar(&o.wsURL, "url", "ws://127.0.0.1:7070/ws", "WebSocket URL of the server")
 	fs.StringVar(&o.httpURL, "http", "http://127.0.0.1:8080", "HTTP base URL of the server (/metrics, /healthz)")
 	fs.IntVar(&o.serverPID, "server-pid", 0, "server PID for /proc RSS and CPU (default: the local process listening on the --url port)")
-	fs.StringVar(&o.tokens, "tokens", "", `file of "uid username token" lines (magpie user import --tokens)`)
+	fs.StringVar(&o.tokens, "tokens", "", `file of "uid username token" lines (magpie user import --tokens); default: users created through the HTTP API of --http`)
 	fs.BoolVar(&o.spawn, "spawn", false, "start (and own) the server: magpie serve --data DIR on the --url and --http addresses")
 	fs.StringVar(&o.data, "data", "", "with --spawn: the server's data dir")
 	sargs := fs.String("server-args", "", "with --spawn: extra flags of magpie serve, space-separated (e.g. \"--send-rate 0 --fsync=false\")")
-	fs.StringVar(&o.prefix, "prefix", "u", "with --spawn and no tokens file yet: username prefix of the imported users")
+	fs.StringVar(&o.prefix, "prefix", "bench", "username prefix of the users the harness creates (PREFIX1 …): through the HTTP API, or imported with --spawn")
+	fs.StringVar(&o.password, "password", BenchPassword, "password of the users created through the HTTP API (an existing user is logged in with it)")
+	fs.StringVar(&o.usersCache, "users-cache", "", "cache of the users created through the HTTP API (default: under the user cache dir, one file per server and prefix)")
+	fs.IntVar(&o.signupConc, "signup-conc", 8, "HTTP register/login requests in flight while creating users (the server hashes each password)")
 	fs.IntVar(&o.procs, "procs", 0, "worker processes (default: one per 9,000 clients, at least 1)")
 	fs.IntVar(&o.src, "src", 4, "source addresses 127.0.0.2 … (0: let the kernel choose)")
 	fs.IntVar(&o.conc, "conc", 64, "dials in flight per worker")
@@ -200,10 +213,7 @@ func parseOptions(scenario string, args []string) (*options, error) {
 	if o.spawn && o.data == "" {
 		return nil, errors.New("--spawn needs --data")
 	}
-	if o.tokens == "" {
-		if !o.spawn {
-			return nil, errors.New("--tokens is required (magpie user import --tokens FILE)")
-		}
+	if o.tokens == "" && o.spawn {
 		o.tokens = filepath.Join(o.data, "tokens.txt")
 	}
 	if o.procs <= 0 {
@@ -229,8 +239,12 @@ type user struct {
 	uid   uint64
 	name  string
 	token string
+	exp   int64 // token expiry, Unix ms; 0 unknown
 }
 
+// readTokens reads "uid username token" lines; a fourth field is the
+// token's expiry in Unix ms (the HTTP users' cache writes it). Other
+// lines (comments) are skipped.
 func readTokens(path string) ([]user, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -241,14 +255,20 @@ func readTokens(path string) ([]user, error) {
 	sc := bufio.NewScanner(f)
 	for sc.Scan() {
 		fl := strings.Fields(sc.Text())
-		if len(fl) != 3 {
+		if len(fl) != 3 && len(fl) != 4 {
 			continue
 		}
 		uid, err := strconv.ParseUint(fl[0], 10, 64)
 		if err != nil {
 			continue
 		}
-		us = append(us, user{uid, fl[1], fl[2]})
+		u := user{uid: uid, name: fl[1], token: fl[2]}
+		if len(fl) == 4 {
+			if u.exp, err = strconv.ParseInt(fl[3], 10, 64); err != nil {
+				continue
+			}
+		}
+		us = append(us, u)
 	}
 	return us, sc.Err()
 }
@@ -278,7 +298,11 @@ func run(o *options) (*Report, error) {
 		}
 		defer e.srv.stop(syscall.SIGTERM)
 	}
-	if e.users, err = readTokens(o.tokens); err != nil {
+	if o.tokens == "" {
+		if e.users, err = e.httpUsers(); err != nil {
+			return nil, err
+		}
+	} else if e.users, err = readTokens(o.tokens); err != nil {
 		return nil, fmt.Errorf("--tokens: %v", err)
 	}
 	if len(e.users) < o.users() {
@@ -293,7 +317,9 @@ func run(o *options) (*Report, error) {
 		}
 	}
 	e.rep = newReport(o)
+	e.rep.ServerBuild = e.probe.buildInfo()
 	e.rep.param("server_pid", e.probe.pid)
+	e.rep.param("users", o.tokens)
 	e.ini = workerInit{
 		URL: o.wsURL, HeartbeatMs: o.heartbeat.Milliseconds(), TimeoutMs: o.timeout.Milliseconds(),
 		Body: o.size, Conc: o.conc, NoAck: !o.ack,
@@ -315,6 +341,27 @@ func run(o *options) (*Report, error) {
 	}
 	e.rep.finish()
 	return e.rep, err
+}
+
+// httpUsers creates (or reuses) the scenario's users through the HTTP API
+// of the running server.
+func (e *env) httpUsers() ([]user, error) {
+	o := e.o
+	p := &provisioner{
+		base: e.probe.httpURL, prefix: o.prefix, password: o.password, conc: o.signupConc,
+		cache: o.usersCache, hc: &http.Client{Timeout: 2 * time.Minute},
+		progress: progressLine("users ready"),
+	}
+	if p.cache == "" {
+		p.cache = defaultCachePath(p.base, o.prefix)
+	}
+	e.status(fmt.Sprintf("users %s1 … %s%d of %s (password %q; tokens cached in %s)", o.prefix, o.prefix, o.users(), p.base, o.password, p.cache))
+	us, err := p.users(context.Background(), o.users())
+	if err != nil {
+		return nil, fmt.Errorf("creating users through the HTTP API: %w", err)
+	}
+	o.tokens = p.cache
+	return us, nil
 }
 
 // spawnServer imports users when the tokens file is missing (the server

@@ -95,6 +95,15 @@ func TestScenariosAgainstMagpie(t *testing.T) {
 		if num(t, r, "pings") == 0 || num(t, r, "pongs") == 0 {
 			t.Errorf("no heartbeats: %v", r.Results)
 		}
+		// 30 connections move the server's memory by less than its
+		// sampling noise: every per-connection figure is flagged.
+		var sb strings.Builder
+		r.print(&sb)
+		for _, k := range []string{"server_rss_per_conn_bytes", "server_heap_per_conn_bytes"} {
+			if !strings.Contains(sb.String(), "warning: "+k+" = ") {
+				t.Errorf("no warning for %s: %q", k, r.Warnings)
+			}
+		}
 	})
 	t.Run("p2p", func(t *testing.T) {
 		r := runScenario(t, "p2p", append(common, "--pairs", "10", "--rate", "400", "--duration", "1s")...)

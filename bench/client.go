@@ -66,14 +66,16 @@ type client struct {
 	spec clientSpec
 	url  *url.URL
 
-	mu        sync.Mutex // guards c, grp, lostAt
+	mu        sync.Mutex // guards c, reader, grp, lostAt
 	c         *wsConn
+	reader    chan struct{} // closed when the reader of c has returned (takeReaderLocked)
 	hb        time.Duration
 	sendRate  int
 	lastWrite atomic.Int64 // unix ns
 	replies   chan []byte  // group/error replies to requests with a rid
 
-	// Reader goroutine state.
+	// Reader goroutine state: one reader at a time owns it (connect hands
+	// it over only once the previous reader has returned).
 	acks      []pendingAck
 	grp       seqSet // held seqs of the tracked group conv
 	sk        soakClient
@@ -151,8 +153,9 @@ func (c *client) connect() error {
 	hb, _ := jsonUint(m, "heartbeat_ms")
 	rate, _ := jsonUint(m, "send_rate")
 	c.p.conn.record(c.spec.Idx, time.Since(t0).Microseconds())
+	done := make(chan struct{})
 	c.mu.Lock()
-	c.c = wc
+	c.takeReaderLocked(wc, done)
 	c.hb = time.Duration(hb) * time.Millisecond
 	if c.p.heartbeat > 0 {
 		c.hb = c.p.heartbeat
@@ -170,8 +173,38 @@ func (c *client) connect() error {
 		c.requestConvs(wc)
 	}
 	c.p.wg.Add(1)
-	go c.readLoop(wc)
+	go c.readLoop(wc, done)
 	return nil
+}
+
+// takeReaderLocked makes wc the client's connection and done the signal
+// of its reader, once the previous reader (if any) has returned: the
+// reader state (acks, convBuf, …) has one owner at a time. A caller may
+// connect again before the old reader noticed that its connection died
+// (the storm sender does): the old connection is closed and its reader,
+// which then finds it is no longer current, finishes without reconnecting.
+// REQUIRES: c.mu, which it may release and take again while it waits.
+func (c *client) takeReaderLocked(wc *wsConn, done chan struct{}) {
+	for c.reader != nil && !closed(c.reader) {
+		old, prev := c.c, c.reader
+		c.c = nil
+		c.mu.Unlock()
+		if old != nil {
+			old.close()
+		}
+		<-prev
+		c.mu.Lock()
+	}
+	c.c, c.reader = wc, done
+}
+
+func closed(ch chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
+	}
 }
 
 func (c *client) conn() *wsConn {
@@ -189,7 +222,7 @@ func (c *client) write(p []byte) error {
 	return wc.writeText(p)
 }
 
-func (c *client) readLoop(wc *wsConn) {
+func (c *client) readLoop(wc *wsConn, done chan struct{}) {
 	defer c.p.wg.Done()
 	var err error
 	for {
@@ -209,18 +242,20 @@ func (c *client) readLoop(wc *wsConn) {
 	if errors.As(err, &ce) {
 		c.p.lc.closeCode(strconv.Itoa(ce.code))
 	}
+	c.acks = c.acks[:0]
 	c.mu.Lock()
-	if c.c == wc {
+	current := c.c == wc // false: a newer connect took it over
+	if current {
 		c.c = nil
 	}
 	c.lostAt = time.Now().UnixNano()
 	c.mu.Unlock()
-	c.acks = c.acks[:0]
+	close(done) // the reader state is free for the next connection
 	if c.p.quitted.Load() {
 		return
 	}
 	c.p.lc.disconnects.Add(1)
-	if c.p.reconnect.Load() {
+	if current && c.p.reconnect.Load() {
 		c.p.wg.Add(1)
 		go c.reconnectLoop()
 	}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/magpie-im/magpie/internal/buildinfo"
 )
 
 var httpClient = &http.Client{Timeout: 5 * time.Second}
@@ -27,6 +29,12 @@ type Report struct {
 	Results  map[string]any         `json:"results"`
 	Latency  map[string]LatencyStat `json:"latency_ms"`
 	Counters counters               `json:"client_counters"`
+	// Build is the harness's build; ServerBuild the labels of the server's
+	// magpie_build_info gauge (absent for servers without it).
+	Build       buildinfo.Info    `json:"build"`
+	ServerBuild map[string]string `json:"server_build,omitempty"`
+	// Warnings say which figures not to trust, and why.
+	Warnings []string `json:"warnings,omitempty"`
 
 	paramKeys, resultKeys, latKeys []string
 }
@@ -56,6 +64,7 @@ func newReport(o *options) *Report {
 		Scenario: o.scenario, Target: o.target, Start: time.Now(),
 		Machine: Machine{NProc: runtime.NumCPU(), CPU: cpuModel(), LoadBefore: loadavg(), Go: runtime.Version()},
 		Params:  map[string]any{}, Results: map[string]any{}, Latency: map[string]LatencyStat{},
+		Build: buildinfo.Get(),
 	}
 	r.param("url", o.wsURL)
 	r.param("procs", o.procs)
@@ -126,6 +135,10 @@ func (r *Report) latency(k string, h *hdrhistogram.Histogram) {
 	}
 }
 
+func (r *Report) warn(format string, a ...any) {
+	r.Warnings = append(r.Warnings, fmt.Sprintf(format, a...))
+}
+
 func (r *Report) finish() {
 	r.Seconds = time.Since(r.Start).Seconds()
 	r.Machine.LoadAfter = loadavg()
@@ -148,6 +161,10 @@ func (r *Report) print(w io.Writer) {
 	for _, k := range r.paramKeys {
 		ps = append(ps, fmt.Sprintf("%s=%v", k, r.Params[k]))
 	}
+	fmt.Fprintf(w, "harness: %s\n", r.Build)
+	if len(r.ServerBuild) > 0 {
+		fmt.Fprintf(w, "server:  magpie %s (revision %s, %s)\n", r.ServerBuild["version"], r.ServerBuild["revision"], r.ServerBuild["go"])
+	}
 	fmt.Fprintf(w, "params: %s\n\n", strings.Join(ps, " "))
 	for _, k := range r.resultKeys {
 		fmt.Fprintf(tw, "  %s\t%s\n", k, fmtVal(r.Results[k]))
@@ -164,6 +181,12 @@ func (r *Report) print(w io.Writer) {
 	}
 	if len(r.Counters.CloseCodes) > 0 {
 		fmt.Fprintf(w, "\n  close codes and failed attempts seen by clients: %v\n", r.Counters.CloseCodes)
+	}
+	if len(r.Warnings) > 0 {
+		fmt.Fprintln(w)
+		for _, s := range r.Warnings {
+			fmt.Fprintf(w, "  warning: %s\n", s)
+		}
 	}
 	fmt.Fprintln(w)
 }

@@ -14,7 +14,9 @@ import (
 // connection (after --hold of settling), with half of them, and with all
 // of them, each after --hold; the per-connection figure is the marginal
 // cost of the second half, which start-up memory the runtime has not
-// returned yet does not distort.
+// returned yet does not distort. With --pprof on the server, a GC is
+// forced before each sample. Figures below the method's resolution
+// (memResolution) are flagged in the report's warnings.
 func (e *env) connect() error {
 	o := e.o
 	f, err := e.startFleet(e.specs(0, o.conns, nil))
@@ -23,14 +25,22 @@ func (e *env) connect() error {
 	}
 	defer f.quit()
 	f.setPhase("settle")
-	s0 := e.probe.minSnap(o.hold)
+	gc := e.probe.forceGC()
+	e.rep.param("gc_forced", gc)
+	sample := func() snapshot {
+		if gc {
+			e.probe.forceGC()
+		}
+		return e.probe.minSnap(o.hold)
+	}
+	s0 := sample()
 	t0 := time.Now()
 	if _, err := f.do(workerCmd{Op: "connect", Frac: 0.5}, 10*time.Minute); err != nil {
 		return err
 	}
 	t1 := time.Now()
 	f.setPhase("hold")
-	s1 := e.probe.minSnap(o.hold)
+	s1 := sample()
 	half := f.totals().Online
 	t2 := time.Now()
 	if _, err := f.do(workerCmd{Op: "connect"}, 10*time.Minute); err != nil {
@@ -44,20 +54,20 @@ func (e *env) connect() error {
 	e.rep.result("connects_per_second", float64(c.Welcomes)/ramp.Seconds())
 	f.setPhase("hold")
 	e.status(fmt.Sprintf("holding %d connections for %v", c.Online, o.hold))
-	s2 := e.probe.minSnap(o.hold)
+	s2 := sample()
 	c = f.totals()
 	if s1.rssOK && s2.rssOK && c.Online > half {
 		e.rep.result("server_rss_idle_bytes", s0.rss)
 		e.rep.result("server_rss_half_bytes", s1.rss)
 		e.rep.result("server_rss_full_bytes", s2.rss)
-		e.rep.result("server_rss_per_conn_bytes", float64(s2.rss-s1.rss)/float64(c.Online-half))
-		e.rep.result("server_rss_per_conn_from_idle_bytes", float64(s2.rss-s0.rss)/float64(c.Online))
+		e.perConn("server_rss_per_conn_bytes", float64(s2.rss-s1.rss), c.Online-half, memNoise(s1, s2, false, gc), gc)
+		e.perConn("server_rss_per_conn_from_idle_bytes", float64(s2.rss-s0.rss), c.Online, memNoise(s0, s2, false, gc), gc)
 	}
 	if s1.heap >= 0 && s2.heap >= 0 && c.Online > half {
 		e.rep.result("server_heap_inuse_idle_bytes", s0.heap)
 		e.rep.result("server_heap_inuse_full_bytes", s2.heap)
-		e.rep.result("server_heap_per_conn_bytes", (s2.heap-s1.heap)/float64(c.Online-half))
-		e.rep.result("server_heap_per_conn_from_idle_bytes", (s2.heap-s0.heap)/float64(c.Online))
+		e.perConn("server_heap_per_conn_bytes", s2.heap-s1.heap, c.Online-half, memNoise(s1, s2, true, gc), gc)
+		e.perConn("server_heap_per_conn_from_idle_bytes", s2.heap-s0.heap, c.Online, memNoise(s0, s2, true, gc), gc)
 	}
 	if s0.nextGC > 0 && s2.nextGC > 0 {
 		// The runtime sets the next GC goal to live heap × (1 + GOGC/100).
@@ -80,6 +90,63 @@ func (e *env) connect() error {
 }
 
 // p2p: pairs (2i, 2i+1) send to each other.
+// heapFloor is the resolution of the Go heap after a forced GC: the
+// runtime keeps partly used spans (8 KiB and up) per size class in each P's
+// cache, about a MiB on a few cores, so smaller changes are not visible.
+const heapFloor = 1 << 20
+
+// memNoise is how far two memory samples of the server may differ with no
+// change in what is live. Each sample is the minimum over --hold, and the
+// samples within a window spread by what the runtime allocates and frees
+// meanwhile. Between two GC cycles the heap also holds garbage, up to the
+// GC goal minus the live heap (half the goal at GOGC=100): unless a GC was
+// forced just before sampling, that much is uncertain in the heap figures.
+// RSS keeps freed heap pages until the scavenger returns them, so the same
+// amount stays uncertain in RSS even after a forced GC; RSS is read in
+// pages of 4 KiB.
+func memNoise(a, b snapshot, heap, gcForced bool) float64 {
+	goal := max(a.nextGCMax, b.nextGCMax, 0)
+	if heap {
+		n := max(a.heapSpread, b.heapSpread, heapFloor)
+		if !gcForced {
+			n = max(n, goal/2)
+		}
+		return n
+	}
+	return max(float64(max(a.rssSpread, b.rssSpread)), goal/2, 4096)
+}
+
+// perConn records delta/conns as k, and a warning when the figure is
+// negative or its delta is within twice the noise (over ±50% uncertain).
+func (e *env) perConn(k string, delta float64, conns int64, noise float64, gcForced bool) {
+	v := delta / float64(conns)
+	e.rep.result(k, v)
+	res := noise / float64(conns)
+	hint := "run more connections (--conns)"
+	if !gcForced {
+		hint += ", or the server with --pprof so that the harness forces a GC before each sample"
+	}
+	switch {
+	case delta < 0:
+		e.rep.warn("%s = %.0f is negative: memory fell while %d connections were added, so it measures GC and scavenger timing, not connections (resolution ±%s per connection); %s",
+			k, v, conns, fmtBytes(res), hint)
+	case delta < 2*noise:
+		e.rep.warn("%s = %.0f is below the method's resolution: %d connections moved memory by %s, less than twice the sampling noise of %s (±%s per connection); %s",
+			k, v, conns, fmtBytes(delta), fmtBytes(noise), fmtBytes(res), hint)
+	}
+}
+
+// fmtBytes is n in B, KiB or MiB.
+func fmtBytes(n float64) string {
+	switch {
+	case n >= 1<<20 || n <= -1<<20:
+		return fmt.Sprintf("%.1f MiB", n/(1<<20))
+	case n >= 1<<10 || n <= -1<<10:
+		return fmt.Sprintf("%.1f KiB", n/(1<<10))
+	}
+	return fmt.Sprintf("%.0f B", n)
+}
+
 func (e *env) p2p() error {
 	o := e.o
 	n := 2 * o.pairs

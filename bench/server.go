@@ -72,36 +72,62 @@ func (p *probe) rssBytes() (int64, bool) {
 	return 0, false
 }
 
-// metrics fetches /metrics and returns the unlabelled samples.
-func (p *probe) metrics() map[string]float64 {
-	out := map[string]float64{}
+// scrape fetches /metrics and calls each for every sample line.
+func (p *probe) scrape(each func(line string)) {
 	if p.httpURL == "" {
-		return out
+		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", p.httpURL+"/metrics", nil)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return out
+		return
 	}
 	defer resp.Body.Close()
 	sc := bufio.NewScanner(resp.Body)
 	sc.Buffer(make([]byte, 64*1024), 1<<20)
 	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || line[0] == '#' {
-			continue
-		}
-		f := strings.Fields(line)
-		if len(f) != 2 {
-			continue
-		}
-		v, err := strconv.ParseFloat(f[1], 64)
-		if err == nil {
-			out[f[0]] = v
+		if line := sc.Text(); line != "" && line[0] != '#' {
+			each(line)
 		}
 	}
+}
+
+// metrics fetches /metrics and returns the unlabelled samples.
+func (p *probe) metrics() map[string]float64 {
+	out := map[string]float64{}
+	p.scrape(func(line string) {
+		f := strings.Fields(line)
+		if len(f) != 2 {
+			return
+		}
+		if v, err := strconv.ParseFloat(f[1], 64); err == nil {
+			out[f[0]] = v
+		}
+	})
+	return out
+}
+
+// buildInfo returns the labels of the server's magpie_build_info gauge,
+// nil when /metrics has none.
+func (p *probe) buildInfo() map[string]string {
+	var out map[string]string
+	p.scrape(func(line string) {
+		rest, ok := strings.CutPrefix(line, "magpie_build_info{")
+		if !ok {
+			return
+		}
+		labels, _, _ := strings.Cut(rest, "}")
+		out = map[string]string{}
+		for _, kv := range strings.Split(labels, ",") {
+			if k, v, ok := strings.Cut(kv, "="); ok {
+				if uq, err := strconv.Unquote(v); err == nil {
+					out[k] = uq
+				}
+			}
+		}
+	})
 	return out
 }
 
@@ -118,6 +144,11 @@ type snapshot struct {
 	resends float64
 	stored  float64
 	nextGC  float64 // go_memstats_next_gc_bytes; -1 unknown
+	// Over minSnap's window: how far the samples spread (max − min) and
+	// the largest GC goal seen (-1 unknown).
+	rssSpread  int64
+	heapSpread float64
+	nextGCMax  float64
 	// Sums and counts of Magpie's commit and fsync latency histograms.
 	commitSum, commitN, fsyncSum, fsyncN float64
 }
@@ -128,9 +159,11 @@ type snapshot struct {
 func (p *probe) minSnap(d time.Duration) snapshot {
 	end := time.Now().Add(d)
 	best := p.snap()
+	rssMax, heapMax, gcMax := best.rss, best.heap, best.nextGC
 	for time.Now().Before(end) {
 		time.Sleep(200 * time.Millisecond)
 		s := p.snap()
+		rssMax, heapMax, gcMax = max(rssMax, s.rss), max(heapMax, s.heap), max(gcMax, s.nextGC)
 		if best.rssOK && s.rssOK {
 			s.rss = min(s.rss, best.rss)
 		}
@@ -139,7 +172,20 @@ func (p *probe) minSnap(d time.Duration) snapshot {
 		}
 		best = s
 	}
+	best.rssSpread, best.heapSpread, best.nextGCMax = rssMax-best.rss, heapMax-best.heap, gcMax
 	return best
+}
+
+// forceGC makes the server collect garbage through net/http/pprof
+// (/debug/pprof/heap?gc=1, served with --pprof); false without it.
+func (p *probe) forceGC() bool {
+	resp, err := httpClient.Get(p.httpURL + "/debug/pprof/heap?gc=1")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	_, _ = io.Copy(io.Discard, resp.Body)
+	return resp.StatusCode == http.StatusOK
 }
 
 func (p *probe) snap() snapshot {

@@ -3,10 +3,8 @@ package bench
 import (
 	"bytes"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
-	"net/http"
 	"sort"
 	"strconv"
 	"strings"
@@ -613,14 +611,4 @@ func (m *memWatch) watch(d time.Duration) (stop func()) {
 	}
 }
 
-// forceGC makes the server collect garbage through net/http/pprof
-// (/debug/pprof/heap?gc=1, served with --pprof); false without it.
-func (m *memWatch) forceGC() bool {
-	resp, err := httpClient.Get(m.p.httpURL + "/debug/pprof/heap?gc=1")
-	if err != nil {
-		return false
-	}
-	defer resp.Body.Close()
-	_, _ = io.Copy(io.Discard, resp.Body)
-	return resp.StatusCode == http.StatusOK
-}
+func (m *memWatch) forceGC() bool { return m.p.forceGC() }

@@ -98,6 +98,7 @@ type Client struct {
 	lifeCancel context.CancelFunc
 	wg         sync.WaitGroup // supervisor and delivery goroutines
 	quit       chan struct{}  // closed by Close: stops the delivery goroutine
+	retryNow   chan struct{}  // cap 1: RetryNow ends the backoff wait
 
 	mu sync.Mutex
 	// Everything below is guarded by mu.
@@ -178,6 +179,7 @@ func New(opts Options) (*Client, error) {
 		opts:       opts,
 		cmidPrefix: hex.EncodeToString(rb[:]),
 		quit:       make(chan struct{}),
+		retryNow:   make(chan struct{}, 1),
 		changed:    make(chan struct{}),
 		token:      opts.Token,
 		wsURL:      opts.WSURL,
@@ -282,6 +284,23 @@ func (c *Client) Close() error {
 		c.opts.OnState(StateEvent{State: StateOffline, Err: ErrClosed})
 	}
 	return nil
+}
+
+// RetryNow ends the wait before the next reconnect attempt, so that it
+// starts at once (a user's "try now"). It reports false, and does nothing,
+// unless the client is waiting to reconnect (StateReconnecting).
+func (c *Client) RetryNow() bool {
+	c.mu.Lock()
+	waiting := c.running && !c.closed && c.state == StateReconnecting
+	c.mu.Unlock()
+	if !waiting {
+		return false
+	}
+	select {
+	case c.retryNow <- struct{}{}:
+	default:
+	}
+	return true
 }
 
 // State returns the current connection state.

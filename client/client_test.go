@@ -400,6 +400,28 @@ func TestRateCloseWaitsBackoffCap(t *testing.T) {
 	waitFor(t, 5*time.Second, "online", func() bool { return r.countStates(StateOnline) > online })
 }
 
+// TestRetryNow: RetryNow ends an hour-long backoff wait at once, and is
+// refused while online.
+func TestRetryNow(t *testing.T) {
+	fs := newFakeServer(t)
+	c, r := newTestClient(t, fs, 1, func(o *Options) {
+		o.Backoff = Backoff{First: time.Hour, Max: time.Hour, Rand: func() float64 { return 0.5 }}
+	})
+	if c.RetryNow() {
+		t.Fatal("RetryNow while online reported true")
+	}
+	online := r.countStates(StateOnline)
+	fs.closeAll(CloseGoingAway)
+	waitFor(t, 5*time.Second, "reconnecting", func() bool { return r.countStates(StateReconnecting) > 0 })
+	if ev := r.lastState(); ev.Delay != 30*time.Minute {
+		t.Fatalf("after 1001: %+v, want a 30 min wait", ev)
+	}
+	if !c.RetryNow() {
+		t.Fatal("RetryNow while reconnecting reported false")
+	}
+	waitFor(t, 5*time.Second, "online at once", func() bool { return r.countStates(StateOnline) > online })
+}
+
 func TestRequestsSurviveReconnect(t *testing.T) {
 	fs := newFakeServer(t)
 	fs.store(1, 2, "x")

@@ -78,6 +78,10 @@ func (c *Client) supervise() {
 		s, err := c.dial(ctx)
 		if err == nil {
 			attempt, relogged = 0, false
+			select { // a RetryNow during this dial is spent
+			case <-c.retryNow:
+			default:
+			}
 			cerr := s.run()
 			c.mu.Lock()
 			c.sessionGoneLocked(s)
@@ -132,6 +136,8 @@ func (c *Client) supervise() {
 				t.Stop()
 				return
 			case <-t.C:
+			case <-c.retryNow:
+				t.Stop()
 			}
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"strings"
@@ -33,6 +34,13 @@ const testSecret = "test-secret-0123456789abcdef0123456789"
 
 func startServer(t testing.TB, mutate func(*Config)) *testServer {
 	t.Helper()
+	return startServerLog(t, mutate, nil)
+}
+
+// startServerLog is startServer with the server's logger (nil: slog's
+// default).
+func startServerLog(t testing.TB, mutate func(*Config), log *slog.Logger) *testServer {
+	t.Helper()
 	cfg := DefaultConfig()
 	cfg.Listen = "127.0.0.1:0"
 	cfg.HTTP = "127.0.0.1:0"
@@ -52,7 +60,7 @@ func startServer(t testing.TB, mutate func(*Config)) *testServer {
 	ts.cancel = cancel
 	started := make(chan struct{})
 	go func() {
-		ts.done <- Run(ctx, cfg, Options{Stderr: io.Discard, Started: func(ws, h string) {
+		ts.done <- Run(ctx, cfg, Options{Logger: log, Stderr: io.Discard, Started: func(ws, h string) {
 			ts.ws, ts.http = ws, h
 			close(started)
 		}})

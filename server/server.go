@@ -32,6 +32,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
+	"github.com/magpie-im/magpie/internal/buildinfo"
 	"github.com/magpie-im/magpie/storage"
 	"github.com/magpie-im/magpie/wheel"
 	"github.com/magpie-im/magpie/wsproto"
@@ -95,6 +96,8 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	if log == nil {
 		log = slog.Default()
 	}
+	bi := buildinfo.Get()
+	logStart(log, bi)
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
@@ -137,6 +140,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		}
 	}
 	s.registerLoopCounters()
+	s.m.reg.MustRegister(buildInfoGauge(bi))
 	s.wheel = wheel.New(wheel.Options{})
 	s.wheel.Start()
 	s.m.reg.MustRegister(
@@ -205,6 +209,9 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 			demo = " (demo users: alice, bob, carol; password: password)"
 		}
 		fmt.Fprintf(out, "web UI at http://localhost:%s/%s\n", port, demo)
+	}
+	if cfg.Demo {
+		warnDemoExposure(log, map[string]string{"--listen": cfg.Listen, "--http": hl.Addr().String()})
 	}
 	s.ready.Store(true)
 	if opt.Started != nil {

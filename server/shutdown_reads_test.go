@@ -29,12 +29,22 @@ func TestShutdownDuringHistory(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// Requests in flight on this connection. Unbounded, the writers
+		// queue more replies than the loops work off within the grace on
+		// a loaded machine, and the 1001 waits behind them.
+		window := make(chan struct{}, 16)
+		gone := make(chan struct{})
 		wg.Add(2)
 		go func() { // reader: until the 1001 (or any error)
 			defer wg.Done()
+			defer close(gone)
 			for {
 				if _, _, err := c.ReadMessage(); err != nil {
 					return
+				}
+				select {
+				case <-window:
+				default:
 				}
 				select {
 				case answered <- struct{}{}:
@@ -42,9 +52,17 @@ func TestShutdownDuringHistory(t *testing.T) {
 				}
 			}
 		}()
-		go func() { // writer: history requests as fast as they go out
+		go func() { // writer: history requests, 16 in flight, until the close
 			defer wg.Done()
-			for c.WriteMessage(websocket.TextMessage, req) == nil {
+			for {
+				select {
+				case window <- struct{}{}:
+				case <-gone:
+					return
+				}
+				if c.WriteMessage(websocket.TextMessage, req) != nil {
+					return
+				}
 			}
 		}()
 	}

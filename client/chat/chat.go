@@ -31,16 +31,19 @@ The password comes from $MAGPIE_PASSWORD, or a prompt.
 
 Commands (plain text sends to the open conversation):
   /convs               conversations with unread counts
-  /open NAME|#GROUP    open a direct conversation or a group (#name or #id)
+  /open NAME|#GROUP    open a direct conversation or a group: #name (spaces
+                       allowed, e.g. /open #Weekend trip) or #id; a unique
+                       prefix of a name is enough
   /send TEXT           send to the open conversation
   /history [N]         the last N messages of the open conversation (default 20)
-  /read                mark the open conversation read
+  /read                mark the open conversation read (shown messages are marked read anyway)
   /create NAME USER..  create a group with these users
   /join ID             join group ID
   /leave ID            leave group ID
   /members ID          list the members of group ID
   /users [PREFIX]      list users
   /status              connection state
+  /retry               reconnect now instead of waiting for the next attempt
   /help                this text
   /quit                leave (also Ctrl-D)
 `
@@ -51,11 +54,15 @@ func Main(args []string) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	password := os.Getenv("MAGPIE_PASSWORD")
-	return Run(ctx, args, os.Stdin, os.Stdout, password, term.IsTerminal(int(os.Stdout.Fd())))
+	ansi := term.IsTerminal(int(os.Stdin.Fd())) && term.IsTerminal(int(os.Stdout.Fd()))
+	return Run(ctx, args, os.Stdin, os.Stdout, password, ansi)
 }
 
 // Run is Main with explicit input, output and password ("" means prompt on
-// the terminal). ansi enables redrawing the prompt around live output.
+// the terminal). With ansi the input is edited on a terminal (raw mode when
+// in is one): the line being typed stays on screen below live output, and
+// the prompt line is a status line updated in place. Without it, input is
+// read line by line and output is plain lines.
 func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, password string, ansi bool) int {
 	fset := flag.NewFlagSet("chat", flag.ContinueOnError)
 	fset.SetOutput(out)
@@ -88,7 +95,11 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 			}
 		}
 	}
-	u := &ui{out: out, ansi: ansi, names: map[int64]string{}, groups: map[int64]string{}, unread: map[string]int64{}}
+	u := &ui{out: out, names: map[int64]string{}, groups: map[int64]string{}, convs: map[string]*convState{}}
+	if ansi {
+		restore := u.startTerminal(in, out)
+		defer restore()
+	}
 	c, err := client.New(client.Options{
 		Server:    *server,
 		Username:  *user,
@@ -99,11 +110,29 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 		OnRead:    u.onRead,
 	})
 	if err != nil {
-		fmt.Fprintln(out, err)
+		u.printf("%v", err)
 		return 2
 	}
 	defer c.Close()
 	u.c = c
+	done := make(chan struct{})
+	defer close(done)
+	go func() { // the status line's countdown during an outage
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				return
+			case <-t.C:
+			}
+			u.mu.Lock()
+			if u.state.State == client.StateReconnecting {
+				u.refreshLocked()
+			}
+			u.mu.Unlock()
+		}
+	}()
 	u.printf("connecting to %s as %s …", *server, *user)
 	cctx, cancel := context.WithTimeout(ctx, 15*time.Second)
 	err = c.Connect(cctx)
@@ -111,33 +140,25 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 	switch {
 	case err == nil:
 	case errors.Is(err, context.DeadlineExceeded):
-		u.printf("not online yet; still trying in the background")
+		u.printf("not online yet; still trying in the background (/retry tries now)")
 	default:
-		fmt.Fprintln(out, "connect:", err)
+		u.printf("connect: %v", err)
 		return 1
 	}
 	u.mu.Lock()
 	u.me = c.UID()
+	u.refreshLocked()
 	u.mu.Unlock()
 	u.printf("logged in as %s (uid %d). /help lists the commands.", *user, c.UID())
 	u.loadUsers(ctx, "")
 	u.cmdConvs(ctx)
 
 	lines := make(chan string)
-	go func() {
-		defer close(lines)
-		sc := bufio.NewScanner(in)
-		sc.Buffer(make([]byte, 64*1024), 1<<20)
-		for sc.Scan() {
-			select {
-			case lines <- sc.Text():
-			case <-ctx.Done():
-				return
-			}
-		}
-	}()
+	go u.readLines(ctx, in, lines)
 	for {
-		u.prompt()
+		if u.term == nil {
+			u.prompt()
+		}
 		select {
 		case <-ctx.Done():
 			u.printf("bye")
@@ -146,10 +167,80 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 			if !ok {
 				return 0
 			}
-			u.lineDone()
 			if quit := u.command(ctx, strings.TrimSpace(line)); quit {
 				return 0
 			}
+		}
+	}
+}
+
+// readLines sends each input line to lines and closes it at the end of
+// the input (Ctrl-D, or Ctrl-C on a terminal in raw mode).
+func (u *ui) readLines(ctx context.Context, in io.Reader, lines chan<- string) {
+	defer close(lines)
+	next := func() (string, bool) {
+		l, err := u.term.ReadLine()
+		return l, err == nil
+	}
+	if u.term == nil {
+		sc := bufio.NewScanner(in)
+		sc.Buffer(make([]byte, 64*1024), 1<<20)
+		next = func() (string, bool) {
+			ok := sc.Scan()
+			return sc.Text(), ok
+		}
+	}
+	for {
+		l, ok := next()
+		if !ok {
+			return
+		}
+		select {
+		case lines <- l:
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// startTerminal puts in into raw mode (when it is a terminal) and makes
+// a line editor on in and out; the returned func ends both.
+func (u *ui) startTerminal(in io.Reader, out io.Writer) (restore func()) {
+	var undo func()
+	if f, ok := in.(*os.File); ok && term.IsTerminal(int(f.Fd())) {
+		if old, err := term.MakeRaw(int(f.Fd())); err == nil {
+			undo = func() { _ = term.Restore(int(f.Fd()), old) }
+		}
+	}
+	u.term = term.NewTerminal(struct {
+		io.Reader
+		io.Writer
+	}{in, out}, "[connecting] -> ")
+	resize := func() {}
+	if f, ok := out.(*os.File); ok {
+		resize = func() {
+			if w, h, err := term.GetSize(int(f.Fd())); err == nil {
+				_ = u.term.SetSize(w, h)
+			}
+		}
+	}
+	resize()
+	winch := make(chan os.Signal, 1)
+	signal.Notify(winch, syscall.SIGWINCH)
+	go func() {
+		for range winch {
+			resize()
+		}
+	}()
+	return func() {
+		signal.Stop(winch)
+		close(winch)
+		u.mu.Lock()
+		u.closed = true // no more output through the editor
+		u.mu.Unlock()
+		fmt.Fprint(out, "\r\n")
+		if undo != nil {
+			undo()
 		}
 	}
 }
@@ -173,23 +264,53 @@ func promptPassword(in io.Reader, out io.Writer) (string, error) {
 type ui struct {
 	c    *client.Client
 	out  io.Writer
-	ansi bool
+	term *term.Terminal // the line editor (ansi); nil: plain lines
 
 	mu       sync.Mutex
+	closed   bool // Run returned: print nothing more
 	me       int64
-	state    string
-	names    map[int64]string // uid → username
-	groups   map[int64]string // gid → name
-	unread   map[string]int64 // conv → unread, from convs and live messages
+	state    client.StateEvent // the latest
+	retryAt  time.Time         // while reconnecting: when the next attempt starts
+	lostAt   time.Time         // start of the current outage (zero: none)
+	online   bool              // was online at least once
+	names    map[int64]string  // uid → username
+	groups   map[int64]string  // gid → name
+	convs    map[string]*convState
 	open     string           // the open conversation
 	openPeer int64            // its peer (direct) or 0
 	openGID  int64            // its group or 0
-	lastSeen map[string]int64
-	prompted bool // a prompt is on screen
-	loading  bool // a user list refresh runs
+	loading  bool             // a user list refresh runs
+	marking  map[string]int64 // conv → seq a running mark-read goroutine is to reach
 }
 
-// printf prints a line of output, keeping the prompt below it.
+// convState is what the unread count of a conversation derives from
+// (PROTOCOL §10: unread = last_seq − read_seq): the highest seq seen, and
+// the read mark from convs, read frames, the user's own messages (sending
+// moves the sender's read mark) and messages shown in the open
+// conversation (marked read). Both only grow, so the order in which these
+// sources arrive does not matter.
+type convState struct {
+	last, read int64
+}
+
+func (u *ui) conv(conv string) *convState {
+	cs := u.convs[conv]
+	if cs == nil {
+		cs = &convState{}
+		u.convs[conv] = cs
+	}
+	return cs
+}
+
+func (u *ui) unreadLocked(conv string) int64 {
+	if cs := u.convs[conv]; cs != nil && cs.last > cs.read {
+		return cs.last - cs.read
+	}
+	return 0
+}
+
+// printf prints a line of output, keeping the prompt and the typed input
+// below it.
 func (u *ui) printf(format string, a ...any) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
@@ -197,46 +318,70 @@ func (u *ui) printf(format string, a ...any) {
 }
 
 func (u *ui) printLocked(line string) {
-	if u.prompted && u.ansi {
-		fmt.Fprint(u.out, "\r\x1b[K")
-	}
-	fmt.Fprintln(u.out, line)
-	if u.prompted && u.ansi {
-		fmt.Fprint(u.out, u.promptLocked())
+	switch {
+	case u.closed:
+	case u.term != nil:
+		// The editor clears the prompt and the typed input, writes the
+		// line above them and draws them again.
+		_, _ = u.term.Write([]byte(line + "\n"))
+	default:
+		fmt.Fprintln(u.out, line)
 	}
 }
 
-func (u *ui) promptLocked() string {
-	state := u.state
-	if state == "" {
-		state = "connecting"
+// refreshLocked redraws the prompt (the status line) in place.
+func (u *ui) refreshLocked() {
+	if u.term == nil || u.closed {
+		return
 	}
+	u.term.SetPrompt(u.promptLocked())
+	_, _ = u.term.Write(nil)
+}
+
+func (u *ui) promptLocked() string {
 	var total int64
-	for _, n := range u.unread {
-		total += n
+	for conv := range u.convs {
+		total += u.unreadLocked(conv)
 	}
 	where := "-"
 	if u.open != "" {
 		where = u.convNameLocked(u.open)
 	}
-	s := fmt.Sprintf("[%s] %s", state, where)
+	s := fmt.Sprintf("[%s] %s", u.statusLocked(), where)
 	if total > 0 {
 		s += fmt.Sprintf(" (%d unread)", total)
 	}
 	return s + "> "
 }
 
+// statusLocked is the connection part of the prompt: during an outage the
+// next attempt and a countdown to it.
+func (u *ui) statusLocked() string {
+	switch u.state.State {
+	case client.StateOnline:
+		return "online"
+	case client.StateReconnecting:
+		s := fmt.Sprintf("offline %s, try %d", time.Since(u.lostAt).Round(time.Second), u.state.Attempt)
+		if d := time.Until(u.retryAt); d > 0 {
+			s += fmt.Sprintf(" in %ds", int(d.Seconds()+0.999))
+		} else {
+			s += " now"
+		}
+		return s + ", /retry"
+	case client.StateOffline:
+		if u.state.Err != nil || u.online {
+			return "offline"
+		}
+	}
+	return "connecting"
+}
+
 func (u *ui) prompt() {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	fmt.Fprint(u.out, u.promptLocked())
-	u.prompted = true
-}
-
-func (u *ui) lineDone() {
-	u.mu.Lock()
-	u.prompted = false
-	u.mu.Unlock()
+	if !u.closed {
+		fmt.Fprint(u.out, u.promptLocked())
+	}
 }
 
 func (u *ui) nameLocked(uid int64) string {
@@ -279,17 +424,61 @@ func (u *ui) onMessage(m client.Message) {
 			u.cmdConvsQuiet(ctx)
 			u.mu.Lock()
 			u.loading = false
+			u.refreshLocked()
 			u.mu.Unlock()
 		}()
 	}
-	if m.From != u.me && m.Conv != u.open {
-		u.unread[m.Conv]++
+	cs := u.conv(m.Conv)
+	cs.last = max(cs.last, m.Seq)
+	switch {
+	case m.From == u.me:
+		cs.read = max(cs.read, m.Seq) // sending moved our read mark (§10)
+	case m.Conv == u.open:
+		cs.read = max(cs.read, m.Seq) // shown: mark it read
+		u.markReadLocked(m.Conv, m.Seq)
 	}
-	if u.lastSeen == nil {
-		u.lastSeen = map[string]int64{}
-	}
-	u.lastSeen[m.Conv] = m.Seq
 	u.printLocked(u.formatLocked(m))
+	u.refreshLocked()
+}
+
+// markReadLocked marks conv read up to seq in the background: one
+// goroutine per conversation at a time, which goes on to the highest seq
+// asked for meanwhile.
+func (u *ui) markReadLocked(conv string, seq int64) {
+	if u.marking == nil {
+		u.marking = map[string]int64{}
+	}
+	if cur, ok := u.marking[conv]; ok {
+		u.marking[conv] = max(cur, seq)
+		return
+	}
+	u.marking[conv] = seq
+	go func() {
+		var done int64
+		for {
+			u.mu.Lock()
+			want := u.marking[conv]
+			if want <= done {
+				delete(u.marking, conv)
+				u.mu.Unlock()
+				return
+			}
+			u.mu.Unlock()
+			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+			_, err := u.c.MarkRead(ctx, conv, want)
+			cancel()
+			if err != nil {
+				u.mu.Lock()
+				delete(u.marking, conv)
+				u.mu.Unlock()
+				if !errors.Is(err, client.ErrClosed) {
+					u.fail("read", err)
+				}
+				return
+			}
+			done = want
+		}
+	}()
 }
 
 func (u *ui) formatLocked(m client.Message) string {
@@ -297,30 +486,53 @@ func (u *ui) formatLocked(m client.Message) string {
 	return fmt.Sprintf("%s %s %s: %s", ts, u.convNameLocked(m.Conv), u.nameLocked(m.From), m.Body)
 }
 
+// onState keeps the status line current. An outage prints one line when
+// it starts and one when it ends; in between only the status line changes
+// (attempt and countdown), in place.
 func (u *ui) onState(e client.StateEvent) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.state = e.State.String()
+	prev := u.state.State
+	u.state = e
 	switch e.State {
 	case client.StateOnline:
-		u.printLocked("-- online")
-	case client.StateReconnecting:
-		msg := fmt.Sprintf("-- connection lost (close %d, %s); reconnecting in %v", e.Code, client.CloseCodeName(e.Code), e.Delay.Round(time.Millisecond))
-		if e.Code == 0 && e.Err != nil {
-			msg = fmt.Sprintf("-- %v; retrying in %v", e.Err, e.Delay.Round(time.Millisecond))
+		if !u.lostAt.IsZero() {
+			u.printLocked(fmt.Sprintf("-- online again (offline %v)", time.Since(u.lostAt).Round(time.Second)))
+			u.lostAt = time.Time{}
+			go func() { // read marks and groups that changed meanwhile
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				defer cancel()
+				u.cmdConvsQuiet(ctx)
+			}()
+		} else {
+			u.printLocked("-- online")
 		}
-		u.printLocked(msg)
+		u.online = true
+	case client.StateReconnecting:
+		u.retryAt = time.Now().Add(e.Delay)
+		if prev != client.StateReconnecting {
+			u.lostAt = time.Now()
+			why := fmt.Sprintf("connection lost (close %d, %s)", e.Code, client.CloseCodeName(e.Code))
+			if e.Code == 0 && e.Err != nil {
+				why = fmt.Sprintf("cannot connect: %v", e.Err)
+			}
+			u.printLocked(fmt.Sprintf("-- %s %s; reconnecting, /retry tries at once", time.Now().Format("15:04:05"), why))
+		}
 	case client.StateOffline:
 		if e.Err != nil && !errors.Is(e.Err, client.ErrClosed) {
 			u.printLocked(fmt.Sprintf("-- offline: %v", e.Err))
 		}
 	}
+	u.refreshLocked()
 }
 
 func (u *ui) onRead(r client.ReadMark) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.unread[r.Conv] = r.Unread
+	cs := u.conv(r.Conv)
+	cs.read = max(cs.read, r.Seq)
+	cs.last = max(cs.last, r.Seq+r.Unread)
+	u.refreshLocked()
 }
 
 // command runs one input line; it reports whether to quit.
@@ -345,11 +557,11 @@ func (u *ui) command(ctx context.Context, line string) bool {
 	case "/convs", "/c":
 		u.cmdConvs(rctx)
 	case "/open", "/o":
-		if len(args) != 1 {
-			u.printf("usage: /open NAME or /open #GROUP")
+		if rest == "" {
+			u.printf("usage: /open NAME or /open #GROUP (a group name may have spaces)")
 			return false
 		}
-		u.cmdOpen(rctx, args[0])
+		u.cmdOpen(rctx, rest)
 	case "/send", "/s":
 		u.cmdSend(rctx, rest)
 	case "/history":
@@ -383,8 +595,16 @@ func (u *ui) command(ctx context.Context, line string) bool {
 		u.cmdUsers(rctx, rest)
 	case "/status":
 		u.mu.Lock()
-		u.printLocked(fmt.Sprintf("state: %s, uid %d, open: %s", u.c.State(), u.me, u.open))
+		st := fmt.Sprintf("state: %s, uid %d, open: %s", u.c.State(), u.me, u.open)
+		if u.state.State == client.StateReconnecting && u.state.Err != nil {
+			st += fmt.Sprintf(", last error: %v", u.state.Err)
+		}
+		u.printLocked(st)
 		u.mu.Unlock()
+	case "/retry":
+		if !u.c.RetryNow() {
+			u.printf("not waiting to reconnect (%s)", u.c.State())
+		}
 	default:
 		u.printf("unknown command %s (try /help)", cmd)
 	}
@@ -415,6 +635,18 @@ func (u *ui) loadUsers(ctx context.Context, prefix string) []client.User {
 	return all
 }
 
+// convsLocked takes group names and read state from a convs reply.
+func (u *ui) convsLocked(list client.ConvList) {
+	for _, it := range list.Items {
+		if it.Group != 0 {
+			u.groups[it.Group] = it.Name
+		}
+		cs := u.conv(it.Conv)
+		cs.last = max(cs.last, it.LastSeq)
+		cs.read = max(cs.read, it.ReadSeq)
+	}
+}
+
 func (u *ui) cmdConvs(ctx context.Context) {
 	list, err := u.c.Convs(ctx)
 	if err != nil {
@@ -423,12 +655,8 @@ func (u *ui) cmdConvs(ctx context.Context) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for _, it := range list.Items {
-		if it.Group != 0 {
-			u.groups[it.Group] = it.Name
-		}
-		u.unread[it.Conv] = it.Unread
-	}
+	u.convsLocked(list)
+	defer u.refreshLocked()
 	if len(list.Items) == 0 {
 		u.printLocked("no conversations yet: /users lists people, /open NAME starts one")
 		return
@@ -451,51 +679,6 @@ func (u *ui) cmdConvs(ctx context.Context) {
 	}
 }
 
-func (u *ui) cmdOpen(ctx context.Context, target string) {
-	var conv string
-	var peer, gid int64
-	if g, ok := strings.CutPrefix(target, "#"); ok {
-		if id, err := strconv.ParseInt(g, 10, 64); err == nil && id > 0 {
-			gid = id
-		} else {
-			u.mu.Lock()
-			for id, n := range u.groups {
-				if strings.EqualFold(n, g) {
-					gid = id
-				}
-			}
-			u.mu.Unlock()
-			if gid == 0 {
-				u.cmdConvsQuiet(ctx)
-				u.mu.Lock()
-				for id, n := range u.groups {
-					if strings.EqualFold(n, g) {
-						gid = id
-					}
-				}
-				u.mu.Unlock()
-			}
-			if gid == 0 {
-				u.printf("no group named %s among yours (use /join ID)", g)
-				return
-			}
-		}
-		conv = client.GroupConv(gid)
-	} else {
-		uid, err := u.lookupUser(ctx, strings.TrimPrefix(target, "@"))
-		if err != nil {
-			u.fail("open", err)
-			return
-		}
-		peer = uid
-		conv = client.DirectConv(u.me, uid)
-	}
-	u.mu.Lock()
-	u.open, u.openPeer, u.openGID = conv, peer, gid
-	u.mu.Unlock()
-	u.cmdHistory(ctx, 10)
-}
-
 func (u *ui) cmdConvsQuiet(ctx context.Context) {
 	list, err := u.c.Convs(ctx)
 	if err != nil {
@@ -503,20 +686,111 @@ func (u *ui) cmdConvsQuiet(ctx context.Context) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	for _, it := range list.Items {
-		if it.Group != 0 {
-			u.groups[it.Group] = it.Name
-		}
-	}
+	u.convsLocked(list)
+	u.refreshLocked()
 }
 
-func (u *ui) lookupUser(ctx context.Context, name string) (int64, error) {
-	for _, us := range u.loadUsers(ctx, name) {
-		if strings.EqualFold(us.Username, name) {
-			return us.UID, nil
+// pick chooses among names (id → name) the one named q (case-insensitive),
+// else the only one whose name starts with q. It returns the candidates
+// when q is ambiguous.
+func pick(names map[int64]string, q string) (id int64, ambiguous []string) {
+	var prefixed []int64
+	for i, n := range names {
+		if strings.EqualFold(n, q) {
+			return i, nil
+		}
+		if len(n) >= len(q) && strings.EqualFold(n[:len(q)], q) {
+			prefixed = append(prefixed, i)
 		}
 	}
-	return 0, fmt.Errorf("no user %q", name)
+	if len(prefixed) == 1 {
+		return prefixed[0], nil
+	}
+	for _, i := range prefixed {
+		ambiguous = append(ambiguous, names[i])
+	}
+	sort.Strings(ambiguous)
+	return 0, ambiguous
+}
+
+// cmdOpen opens "#group name", "#gid", "@user" or "user"; a unique prefix
+// of a name is enough. A bare name that is no user's opens a group of
+// that name.
+func (u *ui) cmdOpen(ctx context.Context, target string) {
+	var conv string
+	var peer, gid int64
+	g, isGroup := strings.CutPrefix(target, "#")
+	if !isGroup {
+		name := strings.TrimPrefix(target, "@")
+		uid, amb, err := u.lookupUser(ctx, name)
+		switch {
+		case uid != 0:
+			peer, conv = uid, client.DirectConv(u.me, uid)
+		case len(amb) > 0:
+			u.printf("%q matches %d users: %s; type more of the name", name, len(amb), strings.Join(amb, ", "))
+			return
+		case strings.HasPrefix(target, "@"):
+			u.fail("open", err)
+			return
+		default:
+			g, isGroup = target, true
+		}
+	}
+	if isGroup {
+		if id, err := strconv.ParseInt(g, 10, 64); err == nil && id > 0 {
+			gid = id
+		} else {
+			var amb []string
+			u.mu.Lock()
+			gid, amb = pick(u.groups, g)
+			u.mu.Unlock()
+			if gid == 0 && len(amb) == 0 {
+				u.cmdConvsQuiet(ctx) // a group joined elsewhere
+				u.mu.Lock()
+				gid, amb = pick(u.groups, g)
+				u.mu.Unlock()
+			}
+			if len(amb) > 0 {
+				u.printf("#%s matches %d groups: #%s; type more of the name", g, len(amb), strings.Join(amb, ", #"))
+				return
+			}
+			if gid == 0 {
+				u.printf("no user or group named %s among yours (/users lists users, /convs your groups, /join ID joins one)", target)
+				return
+			}
+		}
+		conv = client.GroupConv(gid)
+	}
+	u.mu.Lock()
+	u.open, u.openPeer, u.openGID = conv, peer, gid
+	if cs := u.convs[conv]; cs != nil && cs.last > cs.read {
+		cs.read = cs.last // shown below: mark it read
+		u.markReadLocked(conv, cs.last)
+	}
+	u.refreshLocked()
+	u.mu.Unlock()
+	u.cmdHistory(ctx, 10)
+}
+
+// lookupUser finds a user by name or unique name prefix (not the user
+// itself, unless named in full).
+func (u *ui) lookupUser(ctx context.Context, name string) (uid int64, ambiguous []string, err error) {
+	if name == "" {
+		return 0, nil, errors.New("no name")
+	}
+	cands := map[int64]string{}
+	for _, us := range u.loadUsers(ctx, name) {
+		if strings.EqualFold(us.Username, name) {
+			return us.UID, nil, nil
+		}
+		if us.UID != u.me {
+			cands[us.UID] = us.Username
+		}
+	}
+	if uid, ambiguous = pick(cands, name); uid != 0 || len(ambiguous) > 0 {
+		return uid, ambiguous, nil
+	}
+	return 0, nil, fmt.Errorf("no user %q", name)
 }
 
 func (u *ui) cmdHistory(ctx context.Context, n int) {
@@ -577,16 +851,17 @@ func (u *ui) cmdRead(ctx context.Context) {
 		u.fail("read", err)
 		return
 	}
-	u.mu.Lock()
-	u.unread[conv] = r.Unread
-	u.mu.Unlock()
+	u.onRead(r)
 	u.printf("marked read up to %d (%d unread in total)", r.Seq, r.TotalUnread)
 }
 
 func (u *ui) cmdCreate(ctx context.Context, name string, users []string) {
 	var uids []int64
 	for _, n := range users {
-		uid, err := u.lookupUser(ctx, strings.TrimPrefix(n, "@"))
+		uid, amb, err := u.lookupUser(ctx, strings.TrimPrefix(n, "@"))
+		if len(amb) > 0 {
+			err = fmt.Errorf("%q matches %s", n, strings.Join(amb, ", "))
+		}
 		if err != nil {
 			u.fail("create", err)
 			return

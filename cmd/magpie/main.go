@@ -13,6 +13,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/magpie-im/magpie/internal/buildinfo"
 	"github.com/magpie-im/magpie/server"
 )
 
@@ -24,6 +25,7 @@ commands:
   bench    load and benchmark harness
   user     admin: import users into a stopped server's data dir
   token    admin: mint a token with the server's secret
+  version  the build: module version, VCS revision and time, Go version
 `
 
 func main() {
@@ -44,6 +46,8 @@ func main() {
 		code = chatCmd(args)
 	case "bench":
 		code = benchCmd(args)
+	case "version", "--version", "-version":
+		fmt.Println(buildinfo.Get())
 	case "-h", "--help", "help":
 		fmt.Print(usage)
 	default:

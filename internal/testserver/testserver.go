@@ -37,7 +37,9 @@ func Binary(t testing.TB) string {
 			return
 		}
 		binPath = filepath.Join(dir, "magpie")
-		args := []string{"build", "-o", binPath}
+		// -buildvcs=auto: stamped with the git revision like `make
+		// build`, even where GOFLAGS turns stamping off.
+		args := []string{"build", "-buildvcs=auto", "-o", binPath}
 		if raceEnabled {
 			args = append(args, "-race")
 		}
