@@ -32,7 +32,7 @@ type typingState struct {
 	n      int                            // entries in active
 	timer  *time.Timer                    // fires at (or after) the earliest expiry
 	armed  bool
-	due    time.Time // when the armed timer fires
+	due    time.Time            // when the armed timer fires
 	sent   map[string]time.Time // conv → when this client last sent typing
 	ttl    time.Duration        // TypingExpiry; tests shorten it
 }

@@ -437,6 +437,7 @@ func TestTypingThrottleAndIndicator(t *testing.T) {
 		t.Fatal("malformed conv accepted")
 	}
 }
+
 // TestV2CallsOnV1Server: a version 1 server is accepted; the calls that
 // need version 2 say so instead of sending frames it does not know.
 func TestV2CallsOnV1Server(t *testing.T) {
