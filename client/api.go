@@ -59,9 +59,9 @@ func (c *Client) Send(ctx context.Context, m Outgoing) (Sent, error) {
 		return Sent{}, err
 	}
 	if m.To != 0 {
-		delete(c.typing.sent, DirectConv(c.uid, m.To))
+		c.cancelTypingLocked(DirectConv(c.uid, m.To))
 	} else {
-		delete(c.typing.sent, GroupConv(m.Group))
+		c.cancelTypingLocked(GroupConv(m.Group))
 	}
 	mine := true
 	if old := c.sends[m.CMID]; old != nil {

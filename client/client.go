@@ -273,6 +273,7 @@ func (c *Client) Close() error {
 	if c.typing.timer != nil {
 		c.typing.timer.Stop()
 	}
+	c.cancelTypingLocked("")
 	c.lifeCancel()
 	// Fail pending calls first: a callback blocked in Send must return
 	// before the delivery goroutine can stop.
@@ -666,6 +667,7 @@ func (c *Client) sessionGoneLocked(s *session) {
 		t.fetching = false
 	}
 	clear(c.fetchWait)
+	c.cancelTypingLocked("") // typing is not queued across connections
 }
 
 // handleFrame processes one frame received on s. It runs on s's reader

@@ -34,20 +34,22 @@ type typingState struct {
 	armed  bool
 	due    time.Time            // when the armed timer fires
 	sent   map[string]time.Time // conv → when this client last sent typing
+	trail  map[string]*time.Timer // conv → the frame due at the end of its interval
 	ttl    time.Duration        // TypingExpiry; tests shorten it
 }
 
 // Typing tells the other members of conv that the user is typing (a
 // `typing` frame, PROTOCOL §15). Call it on every keystroke: it sends at
 // most one frame per Options.TypingInterval per conversation (the server
-// drops frames less than 1 s apart anyway) and nothing else. A Send to the
-// conversation resets the interval, so typing right after sending shows at
-// once (receivers end the indicator when the message arrives).
+// drops frames less than 1 s apart anyway): the first call at once, and
+// the calls made inside the interval as one frame at its end, so a short
+// burst of typing still shows. A Send to the conversation drops that
+// pending frame: the message ends the indicator at the receivers.
 //
 // Typing is not queued: while the client is not online it returns
-// ErrDisconnected and sends nothing; on a version 1 server it returns
-// ErrNotSupported. Errors from the server (a conversation the user is not
-// in) are not reported.
+// ErrDisconnected and sends nothing, and a connection loss drops the
+// pending frame; on a version 1 server it returns ErrNotSupported. Errors
+// from the server (a conversation the user is not in) are not reported.
 func (c *Client) Typing(conv string) error {
 	if _, _, _, ok := ParseConv(conv); !ok {
 		return errors.New("magpie: Typing: malformed conversation id " + strconv.Quote(conv))
@@ -66,6 +68,12 @@ func (c *Client) Typing(conv string) error {
 	}
 	ts := &c.typing
 	if last, ok := ts.sent[conv]; ok && now.Sub(last) < c.opts.TypingInterval {
+		if ts.trail[conv] == nil {
+			if ts.trail == nil {
+				ts.trail = make(map[string]*time.Timer)
+			}
+			ts.trail[conv] = time.AfterFunc(last.Add(c.opts.TypingInterval).Sub(now), func() { c.typingDue(conv) })
+		}
 		return nil
 	}
 	if ts.sent == nil {
@@ -82,6 +90,29 @@ func (c *Client) Typing(conv string) error {
 	ts.sent[conv] = now
 	c.sess.enqueueLocked(mustJSON(reqFrame{Type: "typing", Conv: conv}), false)
 	return nil
+}
+
+// typingDue sends the frame that calls inside an interval left pending.
+func (c *Client) typingDue(conv string) {
+	c.mu.Lock()
+	if c.typing.trail[conv] == nil {
+		c.mu.Unlock()
+		return // cancelled meanwhile
+	}
+	delete(c.typing.trail, conv)
+	c.mu.Unlock()
+	c.Typing(conv)
+}
+
+// cancelTypingLocked drops the pending typing frames of conv ("" for all).
+// REQUIRES: c.mu.
+func (c *Client) cancelTypingLocked(conv string) {
+	for k, t := range c.typing.trail {
+		if conv == "" || k == conv {
+			t.Stop()
+			delete(c.typing.trail, k)
+		}
+	}
 }
 
 // Typers returns the users typing in conv now, ascending.

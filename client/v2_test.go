@@ -348,32 +348,16 @@ func TestReceipts(t *testing.T) {
 }
 
 // TestTypingThrottleAndIndicator: Typing sends at most one frame per
-// interval per conversation; the receiver's indicator starts on the first
-// frame, ends on a message from the typist (before that message is
-// delivered) and otherwise expires.
+// interval per conversation — the first call at once, the calls inside the
+// interval as one frame at its end, dropped by a Send; the receiver's
+// indicator starts on the first frame, ends on a message from the typist
+// (before that message is delivered) and otherwise expires.
 func TestTypingThrottleAndIndicator(t *testing.T) {
 	fs := newV2Fake(t)
 	a, _ := newTestClient(t, fs, 1, func(o *Options) { o.TypingInterval = 300 * time.Millisecond })
 	v := &v2rec{}
 	rb := &recorder{}
 	b, _ := newTestClient(t, fs, 2, func(o *Options) { v.install(o, rb) })
-	typings := func() int {
-		fs.mu.Lock()
-		defer fs.mu.Unlock()
-		return len(fs.v2.typings)
-	}
-	start := time.Now()
-	for i := 0; i < 20; i++ {
-		if err := a.Typing("d:1:2"); err != nil {
-			t.Fatal(err)
-		}
-	}
-	loop := time.Since(start)
-	if err := a.Typing("d:1:3"); err != nil { // another conversation has its own interval
-		t.Fatal(err)
-	}
-	waitFor(t, 5*time.Second, "typing frames", func() bool { return typings() >= 2 })
-	waitFor(t, 5*time.Second, "indicator on", func() bool { return slices.Equal(b.Typers("d:1:2"), []int64{1}) })
 	framesFor := func(conv string) []time.Time {
 		fs.mu.Lock()
 		defer fs.mu.Unlock()
@@ -385,14 +369,23 @@ func TestTypingThrottleAndIndicator(t *testing.T) {
 		}
 		return at
 	}
-	if n := len(framesFor("d:1:2")); loop < 300*time.Millisecond && n != 1 {
-		t.Fatalf("20 calls within %v sent %d typing frames, want 1", loop, n)
+	start := time.Now()
+	for i := 0; i < 20; i++ {
+		if err := a.Typing("d:1:2"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	// After the interval, the next call sends again.
-	waitFor(t, 5*time.Second, "second frame after the interval", func() bool {
-		a.Typing("d:1:2")
-		return len(framesFor("d:1:2")) == 2
-	})
+	loop := time.Since(start)
+	if err := a.Typing("d:1:3"); err != nil { // another conversation has its own interval
+		t.Fatal(err)
+	}
+	waitFor(t, 5*time.Second, "first frames", func() bool { return len(framesFor("d:1:2")) >= 1 && len(framesFor("d:1:3")) == 1 })
+	waitFor(t, 5*time.Second, "indicator on", func() bool { return slices.Equal(b.Typers("d:1:2"), []int64{1}) })
+	if n := len(framesFor("d:1:2")); loop < 250*time.Millisecond && n != 1 {
+		t.Fatalf("20 calls within %v sent %d frames at once, want 1", loop, n)
+	}
+	// The 19 calls inside the interval become one frame at its end.
+	waitFor(t, 5*time.Second, "the frame due at the interval's end", func() bool { return len(framesFor("d:1:2")) == 2 })
 	if at := framesFor("d:1:2"); at[1].Sub(at[0]) < 250*time.Millisecond {
 		t.Fatalf("two typing frames %v apart, interval 300ms", at[1].Sub(at[0]))
 	}
@@ -408,23 +401,42 @@ func TestTypingThrottleAndIndicator(t *testing.T) {
 		t.Fatalf("callback order %v", order)
 	}
 
-	// A send resets the interval: typing right after it goes out at once.
+	// A Send drops the frame due at the interval's end.
+	waitFor(t, 5*time.Second, "a frame goes out", func() bool {
+		a.Typing("d:1:2")
+		return len(framesFor("d:1:2")) == 3
+	})
+	a.Typing("d:1:2") // inside the interval: a frame is due
+	a.mu.Lock()
+	due := a.typing.trail["d:1:2"] != nil
+	a.mu.Unlock()
+	if !due {
+		t.Fatal("no frame due after a call inside the interval")
+	}
+	sendN(t, a, 2, 1, "sent")
+	a.mu.Lock()
+	due = a.typing.trail["d:1:2"] != nil
+	a.mu.Unlock()
+	if due {
+		t.Fatal("the frame due is still pending after a Send")
+	}
+
+	// Without a message, the indicator expires by itself.
 	b.mu.Lock()
 	b.typing.ttl = 300 * time.Millisecond
 	b.mu.Unlock()
-	before := typings()
+	a.mu.Lock()
+	clear(a.typing.sent) // let the next call go out at once: one frame, none due after it
+	a.mu.Unlock()
 	if err := a.Typing("d:1:2"); err != nil {
 		t.Fatal(err)
 	}
-	waitFor(t, 5*time.Second, "typing after send", func() bool { return typings() == before+1 })
-	// Without a message, the indicator expires by itself.
+	waitFor(t, 5*time.Second, "another frame", func() bool { return len(framesFor("d:1:2")) == 4 })
 	waitFor(t, 5*time.Second, "indicator on and expired", func() bool {
 		s := v.snapshot().typing
-		return len(s) == 4 && s[2].Typing && !s[3].Typing
+		// Events: on, off (message), on, off ("sent"), on, off (expired).
+		return len(s) == 6 && s[4].Typing && !s[5].Typing && len(b.Typers("d:1:2")) == 0
 	})
-	if ty := b.Typers("d:1:2"); len(ty) != 0 {
-		t.Fatalf("typers after expiry %v", ty)
-	}
 	// Typing from oneself (another device) is not an indicator.
 	fs.pushTo(2, map[string]any{"type": "typing", "conv": "d:1:2", "uid": 2})
 	fs.pushTo(2, map[string]any{"type": "typing", "conv": "g:4", "uid": 7})

@@ -360,6 +360,7 @@ export class MagpieClient {
     this._typing = new Map(); // conv -> Map(uid -> expiry timer)
     this._typists = 0;
     this._typingSent = new Map(); // conv -> when this client last sent typing
+    this._typingTrail = new Map(); // conv -> timer of the frame due at the end of the interval
     this._presWant = null; // the subscription list; null: never subscribed
     this._presGen = 0;
     this._presWaiters = []; // {gen, resolve, reject}
@@ -506,6 +507,7 @@ export class MagpieClient {
     }
     c.hbTimer = c.connectTimer = c.ackTimer = null;
     c.acks.clear(); // acks only cover pushes of that connection
+    for (const conv of [...this._typingTrail.keys()]) this._cancelTypingTrail(conv); // typing is not queued
     const reqs = [...c.requests.values()];
     c.requests.clear();
     for (const r of reqs) r.reject(err);
@@ -897,7 +899,11 @@ export class MagpieClient {
       if (Number.isSafeInteger(item.peer_read_seq)) this._setRead(it, it.peer, item.peer_read_seq);
       if (item.last_seq >= it.last_seq) {
         it.last_seq = item.last_seq;
-        if (item.last) it.last = { ...item.last, conv: item.conv };
+        if (item.last) {
+          it.last = { ...item.last, conv: item.conv };
+          const ev = this.version >= 2 ? parseGroupEvent(it.last) : null;
+          if (ev) it.last.event = ev;
+        }
       }
       if (item.read_seq > it.read_seq) it.read_seq = item.read_seq;
       it.unread = Math.max(0, it.last_seq - it.read_seq);
@@ -955,6 +961,12 @@ export class MagpieClient {
     if (before !== undefined) f.before = before;
     if (limit !== undefined) f.limit = limit;
     const res = await this.request(f);
+    if (this.version >= 2) {
+      for (const m of res.messages || []) {
+        const ev = parseGroupEvent({ ...m, conv: m.conv || conv });
+        if (ev) m.event = ev;
+      }
+    }
     if (after === undefined && before === undefined && !this.seqs.has(conv)) {
       const msgs = res.messages || [];
       this.seqs.baseline(conv, msgs.length ? msgs[msgs.length - 1].seq : 0);
@@ -1141,9 +1153,9 @@ export class MagpieClient {
     }
     frame.body = body;
     if (kind) frame.kind = kind;
-    // Receivers end the sender's typing indicator when the message comes:
-    // typing right after it must not wait out the interval.
-    if (conv) this._typingSent.delete(conv);
+    // The message ends the sender's typing indicator at the receivers: a
+    // typing frame still due would light it again.
+    this._cancelTypingTrail(conv);
     let resolve, reject;
     const promise = new Promise((res, rej) => {
       resolve = res;
@@ -1195,8 +1207,8 @@ export class MagpieClient {
 
   _onReceipt(f) {
     if (typeof f.conv !== "string" || !Number.isSafeInteger(f.uid) || !Number.isSafeInteger(f.seq)) return;
-    const it = this.convs.get(f.conv);
-    if (it) this._setRead(it, f.uid, f.seq);
+    // A receipt names a conversation the user is in, maybe not listed yet.
+    if (parseConv(f.conv)) this._setRead(this._convItem(f.conv), f.uid, f.seq);
     this._emit("receipt", { conv: f.conv, uid: f.uid, seq: f.seq });
   }
 
@@ -1208,9 +1220,10 @@ export class MagpieClient {
    */
   async receipts(conv) {
     const res = await this.request({ type: "receipts", conv });
-    const it = this.convs.get(conv);
+    // Answered: the user is in conv, whether or not convs listed it yet.
+    const it = this._convItem(conv);
     const items = Array.isArray(res.items) ? res.items : [];
-    if (it) for (const r of items) this._setRead(it, r.uid, r.read_seq);
+    for (const r of items) this._setRead(it, r.uid, r.read_seq);
     return items;
   }
 
@@ -1231,20 +1244,39 @@ export class MagpieClient {
   /**
    * typing tells the other members of conv that the user is typing. Call it
    * on every keystroke: it sends at most one frame per typingInterval (2 s)
-   * per conversation, nothing while offline or to a version 1 server, and
-   * returns whether a frame went out. A send to conv resets the interval.
+   * per conversation — the first call at once, and calls inside the
+   * interval as one frame at its end, so a short burst still shows —
+   * nothing while offline or to a version 1 server. It returns whether a
+   * frame went out now. A send to conv drops the pending frame: the
+   * message ends the indicator.
    */
   typing(conv) {
     const c = this._conn;
     if (!c || !c.authed || this.version < 2 || !parseConv(conv)) return false;
     const now = this._t.now();
     const last = this._typingSent.get(conv);
-    if (last !== undefined && now - last < this.typingInterval) return false;
+    if (last !== undefined && now - last < this.typingInterval) {
+      if (!this._typingTrail.has(conv)) {
+        const timer = this._t.setTimeout(() => {
+          this._typingTrail.delete(conv);
+          this.typing(conv);
+        }, last + this.typingInterval - now);
+        this._typingTrail.set(conv, timer);
+      }
+      return false;
+    }
     if (this._typingSent.size >= 256) {
       for (const [k, t] of this._typingSent) if (now - t >= this.typingInterval) this._typingSent.delete(k);
     }
     this._typingSent.set(conv, now);
     return this._write(c, { type: "typing", conv });
+  }
+
+  _cancelTypingTrail(conv) {
+    const t = this._typingTrail.get(conv);
+    if (t === undefined) return;
+    this._t.clearTimeout(t);
+    this._typingTrail.delete(conv);
   }
 
   /** typers lists the uids typing in conv now, ascending. */

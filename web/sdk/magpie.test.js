@@ -738,27 +738,44 @@ test("v2 receipts: frames, peer_read_seq from convs, the receipts request, readB
   await assert.rejects(big, (e) => e.code === "forbidden");
 });
 
-test("v2 typing: throttled sends, reset by a send, nothing offline or to v1", async () => {
+test("v2 typing: one frame per interval, a burst ends with one more, a send drops it; nothing offline or to v1", async () => {
   const env = newClient({ uid: 1 });
   env.client.start();
   let ws = await online(env, [], { version: 2 });
   const typings = () => ws.frames("typing").map((f) => f.conv);
-  assert.equal(env.client.typing("d:1:2"), true);
+  assert.equal(env.client.typing("d:1:2"), true, "the first call goes out at once");
+  assert.deepEqual(ws.frames("typing")[0], { type: "typing", conv: "d:1:2" });
+  env.clock.advance(300);
   for (let i = 0; i < 10; i++) assert.equal(env.client.typing("d:1:2"), false);
   assert.equal(env.client.typing("g:7"), true, "each conversation has its own interval");
-  env.clock.advance(1999);
-  assert.equal(env.client.typing("d:1:2"), false);
+  assert.deepEqual(typings(), ["d:1:2", "g:7"]);
+  // The calls inside the interval become one frame at its end.
+  env.clock.advance(1699);
+  assert.deepEqual(typings(), ["d:1:2", "g:7"]);
   env.clock.advance(1);
-  assert.equal(env.client.typing("d:1:2"), true);
   assert.deepEqual(typings(), ["d:1:2", "g:7", "d:1:2"]);
-  assert.deepEqual(ws.frames("typing")[0], { type: "typing", conv: "d:1:2" });
+  env.clock.advance(10000);
+  assert.equal(typings().length, 3, "nothing more without calls");
+  // Typing then sending: the frame due at the interval's end is dropped.
+  assert.equal(env.client.typing("d:1:2"), true);
+  env.clock.advance(500);
+  assert.equal(env.client.typing("d:1:2"), false);
   env.client.send({ to: 2 }, "sent now");
-  assert.equal(env.client.typing("d:1:2"), true, "a send resets the interval");
-  assert.equal(env.client.typing("nonsense"), false);
-  ws.serverClose(1006);
   env.clock.advance(5000);
-  assert.equal(env.client.typing("g:7"), false, "offline: nothing queued");
+  assert.deepEqual(typings(), ["d:1:2", "g:7", "d:1:2", "d:1:2"]);
+  assert.equal(env.client.typing("nonsense"), false);
+  // Offline: nothing is queued, and a due frame does not go out later.
+  env.clock.advance(5000);
+  assert.equal(env.client.typing("g:7"), true);
+  env.client.typing("g:7");
+  ws.serverClose(1006);
+  assert.equal(env.client.typing("g:7"), false);
+  env.clock.advance(999);
+  ws = await online(env, [], { version: 2 });
+  env.clock.advance(5000);
+  assert.equal(ws.frames("typing").length, 0, "no frame left over from the old connection");
   // A v1 server gets no typing frames.
+  ws.serverClose(1006);
   env.clock.advance(1000);
   ws = await online(env);
   assert.equal(env.client.version, 1);
@@ -859,4 +876,31 @@ test("v2 presence on a v1 server rejects instead of sending", async () => {
   await assert.rejects(early, (e) => e.code === "not_supported");
   await assert.rejects(env.client.subscribePresence([2]), (e) => e.code === "not_supported");
   assert.equal(ws.frames("presence_sub").length, 0);
+});
+
+test("v2 history pages and convs' last messages carry decoded events; receipts work before convs lists the chat", async () => {
+  const env = newClient({ uid: 2 });
+  env.client.start();
+  const ws = env.WS.last();
+  ws.open();
+  ws.welcome({ version: 2, uid: 2 });
+  // The receipts reply comes before the catch-up's convs reply.
+  const rp = env.client.receipts("g:7");
+  ws.recv({ type: "receipts", rid: ws.frames("receipts")[0].rid, conv: "g:7", items: [{ uid: 1, read_seq: 2 }] });
+  await rp;
+  assert.deepEqual(env.client.readBy("g:7", 2), [1]);
+  const last = { conv: "g:7", seq: 2, from: 1, ts: 5, kind: "system", body: '{"event":"renamed","name":"crew"}', cmid: "sys:2" };
+  ws.recv({ type: "convs", rid: ws.frames("convs")[0].rid, items: [{ conv: "g:7", group: 7, name: "crew", last_seq: 2, read_seq: 1, unread: 1, public: false, owner: 1, last }] });
+  await flush();
+  assert.deepEqual(env.client.convs.get("g:7").last.event, { event: "renamed", name: "crew" });
+  assert.deepEqual(env.client.readBy("g:7", 2), [1], "kept by the convs reply");
+  const hp = env.client.history("g:7", { limit: 50 });
+  const h = ws.frames("history").at(-1);
+  ws.recv({ type: "history", rid: h.rid, conv: "g:7", messages: [
+    { seq: 1, from: 1, ts: 4, kind: "system", body: '{"event":"created","name":"team","public":false,"count":2}', cmid: "sys:1" },
+    { seq: 2, from: 1, ts: 5, kind: "text", body: '{"event":"left"}', cmid: "sys:x" },
+  ], more: false });
+  const res = await hp;
+  assert.equal(res.messages[0].event.event, "created");
+  assert.equal(res.messages[1].event, undefined, "kind text is never an event");
 });
