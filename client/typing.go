@@ -32,10 +32,10 @@ type typingState struct {
 	n      int                            // entries in active
 	timer  *time.Timer                    // fires at (or after) the earliest expiry
 	armed  bool
-	due    time.Time            // when the armed timer fires
-	sent   map[string]time.Time // conv → when this client last sent typing
+	due    time.Time              // when the armed timer fires
+	sent   map[string]time.Time   // conv → when this client last sent typing
 	trail  map[string]*time.Timer // conv → the frame due at the end of its interval
-	ttl    time.Duration        // TypingExpiry; tests shorten it
+	ttl    time.Duration          // TypingExpiry; tests shorten it
 }
 
 // Typing tells the other members of conv that the user is typing (a
