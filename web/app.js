@@ -1,6 +1,6 @@
 // Magpie chat UI on the JS SDK. Every piece of user data reaches the DOM
 // through textContent or attributes, never through the HTML parser.
-import { MagpieAPI, MagpieClient, APIError, directConv, groupConv, parseConv, randomId } from "./sdk/magpie.js";
+import { MagpieAPI, MagpieClient, APIError, directConv, groupConv, parseConv, peerOf, randomId } from "./sdk/magpie.js";
 
 const api = new MagpieAPI();
 const $ = (id) => document.getElementById(id);
@@ -358,6 +358,8 @@ function startApp(session) {
   S.chats.clear();
   S.groups.clear();
   presenceKey = "";
+  convRows.clear();
+  personRows.clear();
   $("login-view").hidden = true;
   $("main-view").hidden = false;
   $("me-name").textContent = session.username || userName(session.uid);
@@ -538,22 +540,55 @@ function renderLists() {
   if (S.tab === "chats") {
     const q = S.query.toLowerCase();
     const items = client.conversations().filter((it) => !q || convTitle(it).toLowerCase().includes(q));
-    convList.replaceChildren(...items.map(convRow));
+    const rows = items.map(convRow);
+    keepRows(convList, rows, convRows, (li) => li.dataset.conv);
     empty.hidden = items.length > 0;
     empty.textContent = q ? "No chats match your search." : "No conversations yet. Find someone under People to say hi.";
   } else {
     const rows = S.people.filter((u) => u.uid !== S.session.uid).map(personRow);
-    peopleList.replaceChildren(...rows);
+    keepRows(peopleList, rows, personRows, (li) => li.dataset.uid);
     empty.hidden = rows.length > 0;
     empty.textContent = S.query ? "Nobody matches your search." : "Nobody else is here yet.";
   }
 }
 
+// The lists are re-rendered on every change (a message, typing, presence),
+// so their rows are kept per conversation and person and updated in place:
+// a row replaced between mousedown and mouseup would swallow the click.
+const convRows = new Map(); // conv -> li
+const personRows = new Map(); // uid string -> li
+
+// keepRows shows rows in list, moving nodes only when the order changed,
+// and forgets cached rows that are no longer listed.
+function keepRows(list, rows, cache, key) {
+  const cur = list.children;
+  if (cur.length !== rows.length || rows.some((r, i) => cur[i] !== r)) list.replaceChildren(...rows);
+  if (cache.size > rows.length) {
+    const keep = new Set(rows.map(key));
+    for (const k of [...cache.keys()]) if (!keep.has(k)) cache.delete(k);
+  }
+}
+
 function convRow(it) {
-  const li = el("li", "item conv");
-  li.dataset.conv = it.conv;
-  li.tabIndex = 0;
-  li.setAttribute("role", "button");
+  let li = convRows.get(it.conv);
+  if (!li) {
+    li = el("li");
+    li.dataset.conv = it.conv;
+    li.tabIndex = 0;
+    li.setAttribute("role", "button");
+    const p = parseConv(it.conv);
+    const open = () => openConv(it.conv, p && p.kind === "g" ? { group: p.group } : { to: peerOf(it.conv, S.session.uid) });
+    li.addEventListener("click", open);
+    li.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" || e.key === " ") {
+        e.preventDefault();
+        open();
+      }
+    });
+    convRows.set(it.conv, li);
+  }
+  li.className = "item conv";
+  li.replaceChildren();
   if (it.conv === S.active) li.classList.add("active");
   if (it.unread > 0) li.classList.add("unread");
   const av = el("span", "avatar");
@@ -572,14 +607,6 @@ function convRow(it) {
   } else {
     li.classList.add("nobadge");
   }
-  const open = () => openConv(it.conv, it.group ? { group: it.group } : { to: it.peer });
-  li.addEventListener("click", open);
-  li.addEventListener("keydown", (e) => {
-    if (e.key === "Enter" || e.key === " ") {
-      e.preventDefault();
-      open();
-    }
-  });
   return li;
 }
 
@@ -598,20 +625,24 @@ function avatarBox(av, peer) {
 }
 
 function personRow(u) {
-  const li = el("li", "item person");
-  li.dataset.uid = String(u.uid);
-  li.tabIndex = 0;
-  li.setAttribute("role", "button");
-  const av = el("span", "avatar");
-  setAvatar(av, u.username);
-  li.append(av, el("span", "name", u.username), el("span", "tag", ""), el("span", "preview", "Send a message"));
   const conv = directConv(S.session.uid, u.uid);
-  if (conv === S.active) li.classList.add("active");
-  const open = () => openConv(conv, { to: u.uid });
-  li.addEventListener("click", open);
-  li.addEventListener("keydown", (e) => {
-    if (e.key === "Enter") open();
-  });
+  let li = personRows.get(String(u.uid));
+  if (!li) {
+    li = el("li", "item person");
+    li.dataset.uid = String(u.uid);
+    li.tabIndex = 0;
+    li.setAttribute("role", "button");
+    const av = el("span", "avatar");
+    setAvatar(av, u.username);
+    li.append(av, el("span", "name", u.username), el("span", "tag", ""), el("span", "preview", "Send a message"));
+    const open = () => openConv(conv, { to: u.uid });
+    li.addEventListener("click", open);
+    li.addEventListener("keydown", (e) => {
+      if (e.key === "Enter") open();
+    });
+    personRows.set(String(u.uid), li);
+  }
+  li.classList.toggle("active", conv === S.active);
   return li;
 }
 

@@ -231,6 +231,7 @@ func (u *user) openConv(t *testing.T, conv string) {
 		chromedp.Click(chromedp.CSS(sel)),
 		chromedp.WaitVisible(chromedp.CSS("#chat-pane")),
 	)
+	waitFor(t, u.ctx, u.name+" has "+conv+" open", fmt.Sprintf(`document.querySelector('#conv-list .conv.active')?.dataset.conv === %q`, conv))
 }
 
 func (u *user) send(t *testing.T, text string) {
