@@ -200,6 +200,19 @@ func (fs *fakeServer) groupLocked(fc *fakeConn, f v2Frame) {
 	}
 	me := fc.uid
 	gid := f.Group
+	// owner reports whether the requester may change the group (§13's
+	// checks in order: member, then owner), answering the error if not.
+	owner := func() bool {
+		switch {
+		case !g.members[me]:
+			fail("not_member")
+		case g.owner != me:
+			fail("forbidden")
+		default:
+			return true
+		}
+		return false
+	}
 	switch f.Type {
 	case "group_create":
 		v.nextGID++
@@ -263,14 +276,10 @@ func (fs *fakeServer) groupLocked(fc *fakeConn, f v2Frame) {
 			fs.sysLocked(gid, me, map[string]any{"event": "added", "members": added})
 		}
 	case "group_remove":
-		switch {
-		case !g.members[me]:
-			fail("not_member")
+		if !owner() {
 			return
-		case g.owner != me:
-			fail("forbidden")
-			return
-		case slices.Contains(f.Members, me):
+		}
+		if slices.Contains(f.Members, me) {
 			fail("bad_request")
 			return
 		}
@@ -288,12 +297,7 @@ func (fs *fakeServer) groupLocked(fc *fakeConn, f v2Frame) {
 			fs.sysLocked(gid, me, map[string]any{"event": "removed", "members": removed}, removed...)
 		}
 	case "group_rename":
-		switch {
-		case !g.members[me]:
-			fail("not_member")
-			return
-		case g.owner != me:
-			fail("forbidden")
+		if !owner() {
 			return
 		}
 		if f.Name != g.name {

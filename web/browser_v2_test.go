@@ -83,6 +83,12 @@ func (u *user) waitSub(t *testing.T, what, cond string) {
 	waitFor(t, u.ctx, u.name+": header says "+what, `(() => { const s = document.getElementById("chat-sub"); return `+cond+`; })()`)
 }
 
+// lobbyConv returns the demo lobby's conversation id from u's list.
+func (u *user) lobbyConv(t *testing.T) string {
+	t.Helper()
+	return eval[string](t, u.ctx, `[...document.querySelectorAll("#conv-list .conv")].find(e => e.querySelector(".name").textContent === "lobby").dataset.conv`)
+}
+
 // TestBrowserV2GroupAdmin: a private group. Members are told of every
 // change live (no reload) and see it as a note; only the owner renames and
 // removes; any member adds; nobody joins by id; a removed member keeps the
@@ -187,7 +193,7 @@ func TestBrowserV2PublicGroups(t *testing.T) {
 	alice.waitMsg(t, "hi all")
 
 	// Someone new joins the demo lobby by its id.
-	lobby := eval[string](t, alice.ctx, `[...document.querySelectorAll("#conv-list .conv")].find(e => e.querySelector(".name").textContent === "lobby").dataset.conv`)
+	lobby := alice.lobbyConv(t)
 	connectUser(t, srv, "dave")
 	dave := login(t, newTab(t, browser, 1200, 800), srv.base, "dave")
 	dave.joinByID(t, strings.TrimPrefix(lobby, "g:"))
@@ -289,7 +295,7 @@ func TestBrowserV2Typing(t *testing.T) {
 	}
 
 	// In a group the header names the typist.
-	lobby := eval[string](t, alice.ctx, `[...document.querySelectorAll("#conv-list .conv")].find(e => e.querySelector(".name").textContent === "lobby").dataset.conv`)
+	lobby := alice.lobbyConv(t)
 	alice.openConv(t, lobby)
 	bob.openConv(t, lobby)
 	do(t, bob.ctx, "bob types in the lobby", chromedp.SendKeys(chromedp.CSS("#input"), "x"))
