@@ -58,6 +58,11 @@ func (c *Client) Send(ctx context.Context, m Outgoing) (Sent, error) {
 		c.mu.Unlock()
 		return Sent{}, err
 	}
+	if m.To != 0 {
+		c.cancelTypingLocked(DirectConv(c.uid, m.To))
+	} else {
+		c.cancelTypingLocked(GroupConv(m.Group))
+	}
 	mine := true
 	if old := c.sends[m.CMID]; old != nil {
 		ps, mine = old, false // the same cmid is in flight: wait for its answer
@@ -162,6 +167,11 @@ type Conv struct {
 	ReadSeq int64    `json:"read_seq"`
 	Unread  int64    `json:"unread"`
 	Last    *Message `json:"last,omitempty"` // nil while the conversation is empty
+
+	// Version 2 servers only (zero from version 1):
+	Public      bool  `json:"public,omitempty"`        // groups: anyone may join
+	Owner       int64 `json:"owner,omitempty"`         // groups: the owner's uid, 0 when empty
+	PeerReadSeq int64 `json:"peer_read_seq,omitempty"` // direct: the peer's read_seq (§14)
 }
 
 // ConvList is the reply to Convs.
@@ -181,7 +191,22 @@ func (c *Client) Convs(ctx context.Context) (ConvList, error) {
 	if err := expect(f, "convs"); err != nil {
 		return ConvList{}, err
 	}
-	return ConvList{Items: f.Items, TotalUnread: f.TotalUnread}, nil
+	items, err := f.convItems()
+	if err != nil {
+		return ConvList{}, err
+	}
+	v2 := c.ServerVersion() >= 2
+	for i := range items {
+		if m := items[i].Last; m != nil {
+			if m.Conv == "" {
+				m.Conv = items[i].Conv
+			}
+			if v2 {
+				m.Event = decodeGroupEvent(m)
+			}
+		}
+	}
+	return ConvList{Items: items, TotalUnread: f.TotalUnread}, nil
 }
 
 // HistoryPage is a page of messages in ascending seq order.
@@ -222,9 +247,14 @@ func (c *Client) history(ctx context.Context, h historyFrame) (HistoryPage, erro
 	if err := expect(f, "history"); err != nil {
 		return HistoryPage{}, err
 	}
+	v2 := c.ServerVersion() >= 2
 	for i := range f.Messages {
-		if f.Messages[i].Conv == "" {
-			f.Messages[i].Conv = h.Conv
+		m := &f.Messages[i]
+		if m.Conv == "" {
+			m.Conv = h.Conv
+		}
+		if v2 {
+			m.Event = decodeGroupEvent(m)
 		}
 	}
 	return HistoryPage{Messages: f.Messages, More: f.More}, nil
@@ -254,21 +284,40 @@ type Group struct {
 	// GroupMembers.
 	Members []int64
 	More    bool
+	// Version 2 servers only (PROTOCOL §13; zero from version 1):
+	Public bool  // anyone may join with JoinGroup
+	Owner  int64 // the owner's uid after the request, 0 when the group is empty
 }
 
 func groupOf(f *inFrame) (Group, error) {
 	if err := expect(f, "group"); err != nil {
 		return Group{}, err
 	}
-	return Group{ID: f.Group, Name: f.Name, Count: f.Count, Members: f.Members, More: f.More}, nil
+	return Group{ID: f.Group, Name: f.Name, Count: f.Count, Members: f.Members, More: f.More, Public: f.Public, Owner: f.Owner}, nil
 }
 
-// CreateGroup creates a group with the caller and members. It is not
-// repeated after a reconnect: if the connection drops before the reply it
-// fails with ErrDisconnected (the group may exist).
+// NewGroup describes a group to create with CreateGroupWith.
+type NewGroup struct {
+	Name    string  // 1–64 bytes
+	Members []int64 // uids besides the caller; may be empty
+	// Public lets anyone join with JoinGroup (version 2 servers; a
+	// version 1 server ignores it and every group is joinable). The
+	// default value is false: a private group, joined only by being added.
+	Public bool
+}
+
+// CreateGroup creates a private group with the caller (its owner) and
+// members. See CreateGroupWith.
 func (c *Client) CreateGroup(ctx context.Context, name string, members []int64) (Group, error) {
+	return c.CreateGroupWith(ctx, NewGroup{Name: name, Members: members})
+}
+
+// CreateGroupWith creates a group. It is not repeated after a reconnect:
+// if the connection drops before the reply it fails with ErrDisconnected
+// (the group may exist).
+func (c *Client) CreateGroupWith(ctx context.Context, g NewGroup) (Group, error) {
 	f, err := c.request(ctx, false, func(rid string) []byte {
-		return mustJSON(reqFrame{Type: "group_create", RID: rid, Name: name, Members: members})
+		return mustJSON(reqFrame{Type: "group_create", RID: rid, Name: g.Name, Members: g.Members, Public: g.Public})
 	})
 	if err != nil {
 		return Group{}, err
@@ -276,8 +325,16 @@ func (c *Client) CreateGroup(ctx context.Context, name string, members []int64) 
 	return groupOf(f)
 }
 
-// JoinGroup joins group gid. Messages stored before the join are not
-// delivered to OnMessage (read them with History); later ones are.
+// joinScan is how many of a group's newest messages JoinGroup looks
+// through for the system message of its own join.
+const joinScan = 50
+
+// JoinGroup joins group gid (on a version 2 server only a public one: a
+// private group answers CodeForbidden). Messages stored before the join
+// are not delivered to OnMessage (read them with History); later ones
+// are. On a version 2 server the join's own system message ("joined") is
+// delivered too, when it is among the newest 50 messages by the time the
+// reply arrives (a group busier than that starts after it).
 func (c *Client) JoinGroup(ctx context.Context, gid int64) (Group, error) {
 	conv := GroupConv(gid)
 	c.mu.Lock()
@@ -293,22 +350,43 @@ func (c *Client) JoinGroup(ctx context.Context, gid int64) (Group, error) {
 		var g Group
 		if g, err = groupOf(f); err == nil {
 			var page HistoryPage
-			page, err = c.HistoryLatest(ctx, conv, 1)
-			var last int64
-			if n := len(page.Messages); n > 0 {
-				last = page.Messages[n-1].Seq
-			}
-			c.positionAt(conv, last)
+			page, err = c.HistoryLatest(ctx, conv, joinScan)
+			c.positionAt(conv, joinPosition(page.Messages, c.UID()), lastSeq(page.Messages))
 			return g, err
 		}
 	}
-	c.positionAt(conv, 0)
+	c.positionAt(conv, 0, 0)
 	return Group{}, err
 }
 
-// positionAt places an unpositioned conversation and releases what it
-// buffered.
-func (c *Client) positionAt(conv string, seq int64) {
+// joinPosition returns where a just-joined group starts: below the newest
+// system message of uid's own if that is a "joined" event, else at the
+// newest message of page.
+func joinPosition(page []Message, uid int64) int64 {
+	for i := len(page) - 1; i >= 0; i-- {
+		m := &page[i]
+		if m.Event == nil || m.From != uid {
+			continue
+		}
+		if m.Event.Event == EventJoined {
+			return m.Seq - 1
+		}
+		break // a later change of the user's own: the join stored nothing
+	}
+	return lastSeq(page)
+}
+
+func lastSeq(page []Message) int64 {
+	if n := len(page); n > 0 {
+		return page[n-1].Seq
+	}
+	return 0
+}
+
+// positionAt places an unpositioned conversation at seq and releases what
+// it buffered; last is the newest seq known to exist, fetched if no push
+// brought it.
+func (c *Client) positionAt(conv string, seq, last int64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	t := c.convs[conv]
@@ -318,9 +396,57 @@ func (c *Client) positionAt(conv string, seq int64) {
 	out := t.position(seq, c.scratch[:0])
 	c.acceptLocked(out)
 	c.scratch = out[:0]
-	if t.gap() && !t.fetching && c.sess != nil {
+	if (t.gap() || last > t.held) && !t.fetching && c.sess != nil {
 		c.fetchLocked(c.sess, conv, t)
 	}
+}
+
+// AddMembers adds users to group gid (version 2: any member may). Uids
+// that are already members are ignored; the reply's Count is the number
+// of members after the request. 1–1000 uids.
+func (c *Client) AddMembers(ctx context.Context, gid int64, uids []int64) (Group, error) {
+	return c.groupChange(ctx, "group_add", gid, uids)
+}
+
+// RemoveMembers removes users from group gid (version 2: the owner only,
+// CodeForbidden otherwise; the owner cannot remove themself, CodeBadRequest:
+// use LeaveGroup). Uids that are not members are ignored. 1–1000 uids.
+func (c *Client) RemoveMembers(ctx context.Context, gid int64, uids []int64) (Group, error) {
+	return c.groupChange(ctx, "group_remove", gid, uids)
+}
+
+// maxGroupChange is the largest members list of group_add and group_remove
+// (PROTOCOL §13).
+const maxGroupChange = 1000
+
+func (c *Client) groupChange(ctx context.Context, typ string, gid int64, uids []int64) (Group, error) {
+	if len(uids) == 0 || len(uids) > maxGroupChange {
+		return Group{}, fmt.Errorf("magpie: %s takes 1 to %d uids, got %d", typ, maxGroupChange, len(uids))
+	}
+	// Safe to repeat: a second add or remove of the same users changes
+	// nothing and stores nothing.
+	f, err := c.request(ctx, true, func(rid string) []byte {
+		return mustJSON(reqFrame{Type: typ, RID: rid, Group: gid, Members: uids})
+	})
+	if err != nil {
+		return Group{}, err
+	}
+	return groupOf(f)
+}
+
+// RenameGroup renames group gid (version 2: the owner only, CodeForbidden
+// otherwise). Renaming to the current name changes nothing.
+func (c *Client) RenameGroup(ctx context.Context, gid int64, name string) (Group, error) {
+	if name == "" {
+		return Group{}, errors.New("magpie: RenameGroup needs a name")
+	}
+	f, err := c.request(ctx, true, func(rid string) []byte {
+		return mustJSON(reqFrame{Type: "group_rename", RID: rid, Group: gid, Name: name})
+	})
+	if err != nil {
+		return Group{}, err
+	}
+	return groupOf(f)
 }
 
 // LeaveGroup leaves group gid.

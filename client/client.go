@@ -110,6 +110,7 @@ type Client struct {
 	token      string
 	wsURL      string
 	uid        int64
+	version    int      // welcome's version of the last session (0 before the first)
 	sess       *session // the online session, nil while not online
 	synced     bool     // the first catch-up completed
 	convs      map[string]*convTrack
@@ -121,14 +122,20 @@ type Client struct {
 	qhead      int
 	qwake      chan struct{} // cap 1: the delivery goroutine has work
 	scratch    []Message
+	typing     typingState
+	presence   presenceState
 }
 
-// event is one item of the delivery queue.
+// event is one item of the delivery queue: a message, or (exactly one of)
+// a state change, a read mark, or another callback to run in order.
 type event struct {
 	msg   Message
 	state *StateEvent
 	read  *ReadMark
+	call  func() // receipts, typing and presence callbacks
 }
+
+func (ev *event) isMsg() bool { return ev.state == nil && ev.read == nil && ev.call == nil }
 
 type pendingSend struct {
 	cmid   string
@@ -188,6 +195,7 @@ func New(opts Options) (*Client, error) {
 		sends:      make(map[string]*pendingSend),
 		reqs:       make(map[string]*pendingReq),
 		qwake:      make(chan struct{}, 1),
+		typing:     typingState{ttl: TypingExpiry},
 	}
 	c.lifeCtx, c.lifeCancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
@@ -264,6 +272,10 @@ func (c *Client) Close() error {
 	}
 	c.closed = true
 	s := c.sess
+	if c.typing.timer != nil {
+		c.typing.timer.Stop()
+	}
+	c.cancelTypingLocked("")
 	c.lifeCancel()
 	// Fail pending calls first: a callback blocked in Send must return
 	// before the delivery goroutine can stop.
@@ -315,6 +327,15 @@ func (c *Client) UID() int64 {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.uid
+}
+
+// ServerVersion returns the protocol version the server announced in its
+// last welcome (1 or 2; 0 before the first). Version 2 adds group owners
+// and events, receipts, typing and presence; this client speaks both.
+func (c *Client) ServerVersion() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.version
 }
 
 // Token returns the token in use (it changes when the client logs in again).
@@ -415,9 +436,14 @@ func (c *Client) deliverLoop() {
 				if c.opts.OnRead != nil {
 					c.opts.OnRead(*ev.read)
 				}
+			case ev.call != nil:
+				ev.call()
 			default:
 				if c.opts.OnMessage != nil {
 					c.opts.OnMessage(ev.msg)
+				}
+				if ev.msg.Event != nil && c.opts.OnGroupEvent != nil {
+					c.opts.OnGroupEvent(*ev.msg.Event)
 				}
 				delivered++
 			}
@@ -437,7 +463,7 @@ func (c *Client) markDelivered(batch []event) {
 	s := c.sess
 	for i := range batch {
 		ev := &batch[i]
-		if ev.state != nil || ev.read != nil {
+		if !ev.isMsg() {
 			continue
 		}
 		t := c.convs[ev.msg.Conv]
@@ -480,9 +506,13 @@ func (c *Client) track(conv string) *convTrack {
 	return t
 }
 
-// acceptLocked queues in-order messages for delivery. REQUIRES: c.mu.
+// acceptLocked queues in-order messages for delivery, with the group
+// events of a version 2 server decoded. REQUIRES: c.mu.
 func (c *Client) acceptLocked(out []Message) {
 	for _, m := range out {
+		if c.version >= 2 && m.Event == nil {
+			m.Event = decodeGroupEvent(&m)
+		}
 		c.pushEventLocked(event{msg: m})
 	}
 }
@@ -539,9 +569,14 @@ func (c *Client) onCatchup(s *session, f *inFrame) {
 		c.opts.Logger.Warn("magpie: convs for catch-up failed", "code", f.Code, "message", f.Message)
 		return
 	}
+	items, err := f.convItems()
+	if err != nil {
+		c.opts.Logger.Warn("magpie: convs for catch-up", "err", err)
+		return
+	}
 	out := c.scratch[:0]
-	for i := range f.Items {
-		it := &f.Items[i]
+	for i := range items {
+		it := &items[i]
 		t := c.track(it.Conv)
 		if !t.positioned {
 			out = t.position(it.LastSeq, out)
@@ -582,6 +617,7 @@ func (c *Client) failAll(err error) {
 			r.ch <- reqResult{err: err}
 		}
 	}
+	c.presence.failWaiters(err)
 }
 
 func (ps *pendingSend) finish(res Sent, err error) {
@@ -602,6 +638,7 @@ func (ps *pendingSend) finish(res Sent, err error) {
 func (c *Client) onlineLocked(s *session) {
 	c.sess = s
 	c.uid = s.welcome.UID
+	c.version = s.welcome.Version
 	// Unconfirmed sends, in the order they were made.
 	pend := make([]*pendingSend, 0, len(c.sends))
 	for _, ps := range c.sends {
@@ -624,6 +661,7 @@ func (c *Client) onlineLocked(s *session) {
 	rid := "c" + c.newID()
 	c.reqs[rid] = &pendingReq{rid: rid, sessID: s.id, fn: func(f *inFrame) { c.onCatchup(s, f) }}
 	s.enqueueLocked(mustJSON(reqFrame{Type: "convs", RID: rid}), false)
+	c.resubscribePresenceLocked(s)
 	c.setStateLocked(StateEvent{State: StateOnline})
 }
 
@@ -648,6 +686,7 @@ func (c *Client) sessionGoneLocked(s *session) {
 		t.fetching = false
 	}
 	clear(c.fetchWait)
+	c.cancelTypingLocked("") // typing is not queued across connections
 }
 
 // handleFrame processes one frame received on s. It runs on s's reader
@@ -661,6 +700,7 @@ func (c *Client) handleFrame(s *session, f *inFrame) {
 		if f.Conv == "" || f.Seq <= 0 {
 			return
 		}
+		c.typingStoppedLocked(f.Conv, f.From)
 		t := c.track(f.Conv)
 		s.acks.pushed(f.Conv, f.Seq, t.delivered, now)
 		out := t.offer(f.message(), c.scratch[:0])
@@ -697,6 +737,17 @@ func (c *Client) handleFrame(s *session, f *inFrame) {
 		return
 	case "read":
 		c.pushEventLocked(event{read: &ReadMark{Conv: f.Conv, Seq: f.Seq, Unread: f.Unread, TotalUnread: f.TotalUnread}})
+	case "receipt":
+		c.receiptLocked(f)
+		return
+	case "typing":
+		c.typingLocked(f, now)
+		return
+	case "presence":
+		if f.RID == "" {
+			c.presencePushLocked(f)
+			return
+		}
 	case "error":
 		if f.RID == "" && f.CMID != "" {
 			if ps := c.sends[f.CMID]; ps != nil {

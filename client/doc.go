@@ -1,4 +1,4 @@
-// Package client is the Go SDK for Magpie (PROTOCOL.md, version 1). A
+// Package client is the Go SDK for Magpie (PROTOCOL.md, versions 1 and 2). A
 // Client keeps one WebSocket to the server and hides the protocol's client
 // duties (§8, §9) behind a small API:
 //
@@ -78,6 +78,39 @@
 // repeat are re-sent after a reconnect, CreateGroup fails with
 // ErrDisconnected instead. Error frames come back as *Error with the
 // protocol's Code.
+//
+// # Version 2: groups, receipts, typing, presence
+//
+// The client accepts servers of version 1 and 2 (ServerVersion says which
+// one answered the last welcome); a version 1 server simply never sends the
+// frames below, and Typing and SubscribePresence return ErrNotSupported
+// there.
+//
+//   - Groups: CreateGroupWith(NewGroup{Name, Members, Public}), AddMembers
+//     (any member), RemoveMembers and RenameGroup (the owner; others get
+//     CodeForbidden), JoinGroup (public groups only). Group replies and
+//     convs items carry Public and Owner.
+//   - System messages: every membership or name change is a message of
+//     kind "system" whose body is a JSON object. From a version 2 server
+//     its Message.Event holds the decoded GroupEvent (created, added,
+//     joined, left, removed, renamed, or an unknown event with only its
+//     name), delivered through OnMessage like any message and then through
+//     OnGroupEvent; Body keeps the stored text. From a version 1 server
+//     nothing is decoded: there any client could send kind "system".
+//   - Receipts: OnReceipt gets every `receipt` frame; Conv.PeerReadSeq is
+//     the peer's read_seq in direct conversations; Receipts asks for every
+//     member's.
+//   - Typing: call Typing on every keystroke; it sends at most one frame
+//     per TypingInterval (2 s) per conversation — the first at once, those
+//     inside the interval as one frame at its end, dropped by a Send to the
+//     conversation. Incoming frames drive Typers and OnTyping (changes
+//     only): an indicator ends TypingExpiry (6 s) after the last frame, or
+//     when a message from that user in that conversation arrives (before
+//     the message is delivered). One timer serves every indicator.
+//   - Presence: SubscribePresence replaces the subscription (0–1000 uids);
+//     the list belongs to the Client and is sent again after every welcome,
+//     so reconnects re-subscribe by themselves. Presence answers from the
+//     latest reply or push; OnPresence gets every reply and push.
 //
 // All methods are safe for concurrent use and honour their context. Close
 // stops every goroutine the Client started before it returns.

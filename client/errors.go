@@ -31,6 +31,7 @@ const (
 	CodeBadRequest   = "bad_request"
 	CodeNotFound     = "not_found"
 	CodeNotMember    = "not_member"
+	CodeForbidden    = "forbidden" // version 2: private group, or not the owner (§13)
 	CodeTooLarge     = "too_large"
 	CodeRateLimited  = "rate_limited"
 	CodeInternal     = "internal"
@@ -118,8 +119,11 @@ var (
 	ErrClosed = errors.New("magpie: client closed")
 	// ErrDisconnected is returned by a request that is not safe to repeat
 	// (group_create) when the connection was lost before its reply: it may or
-	// may not have taken effect.
+	// may not have taken effect. Typing returns it while not online.
 	ErrDisconnected = errors.New("magpie: connection lost before the reply")
+	// ErrNotSupported is returned by calls that need a version 2 server
+	// (Typing, SubscribePresence) when the server announced version 1.
+	ErrNotSupported = errors.New("magpie: not supported by this server (protocol version 1)")
 	// ErrUnauthorized means the token was refused (HTTP 401 at the
 	// handshake or close 4001) and no credentials were given to log in
 	// again, or the login itself was refused.

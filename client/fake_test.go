@@ -33,6 +33,8 @@ type fakeServer struct {
 	refuse401 bool
 	dropSends bool // never answer a send
 	dials     int
+	version   int // welcome's version: 1 unless a test sets 2
+	v2        fakeV2
 }
 
 type fakeConn struct {
@@ -49,7 +51,7 @@ func (fc *fakeConn) write(v any) {
 }
 
 func newFakeServer(t testing.TB) *fakeServer {
-	fs := &fakeServer{t: t, hbMS: 30000, conns: map[*fakeConn]bool{}, msgs: map[string][]Message{}, cmids: map[string]Sent{}, acks: map[string]int64{}}
+	fs := &fakeServer{t: t, hbMS: 30000, version: 1, conns: map[*fakeConn]bool{}, msgs: map[string][]Message{}, cmids: map[string]Sent{}, acks: map[string]int64{}}
 	mux := http.NewServeMux()
 	mux.HandleFunc("/api/login", func(w http.ResponseWriter, r *http.Request) {
 		var in struct{ Username, Password string }
@@ -95,11 +97,13 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 	fc := &fakeConn{ws: ws, uid: uid}
 	fs.mu.Lock()
 	fs.conns[fc] = true
-	fc.write(map[string]any{"type": "welcome", "version": 1, "uid": uid, "heartbeat_ms": fs.hbMS, "send_rate": fs.sendRate})
+	fc.write(map[string]any{"type": "welcome", "version": fs.version, "uid": uid, "heartbeat_ms": fs.hbMS, "send_rate": fs.sendRate})
+	fs.connectedLocked(fc)
 	fs.mu.Unlock()
 	defer func() {
 		fs.mu.Lock()
 		delete(fs.conns, fc)
+		fs.disconnectedLocked(fc)
 		fs.mu.Unlock()
 		ws.Close()
 	}()
@@ -107,6 +111,9 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 		_, data, err := ws.ReadMessage()
 		if err != nil {
 			return
+		}
+		if fs.handleV2(fc, data) {
+			continue
 		}
 		var f struct {
 			Type, RID, CMID, Conv, Body string

@@ -2,6 +2,7 @@ package client
 
 import (
 	"encoding/json"
+	"fmt"
 	"strconv"
 	"unicode/utf8"
 )
@@ -15,6 +16,13 @@ type Message struct {
 	Kind string `json:"kind"` // "text" unless the sender chose another
 	Body string `json:"body"`
 	CMID string `json:"cmid"` // the sender's idempotency key
+
+	// Event is the decoded body of a system message (kind "system", cmid
+	// "sys:…") from a version 2 server: a group's membership or name
+	// change (PROTOCOL §13). Nil for every other message, and for every
+	// message from a version 1 server, where any client could send kind
+	// "system". Body always keeps the text as stored.
+	Event *GroupEvent `json:"-"`
 }
 
 // inFrame is every server frame decoded into one struct; unknown fields are
@@ -42,10 +50,11 @@ type inFrame struct {
 	MaxBody       int   `json:"max_body"`
 	ServerTime    int64 `json:"server_time"`
 
-	// convs, read
-	Items       []Conv `json:"items"`
-	TotalUnread int64  `json:"total_unread"`
-	Unread      int64  `json:"unread"`
+	// convs, presence, receipts: each has its own item shape, decoded by
+	// the handler of the frame type (convItems, presenceItems, readItems).
+	Items       json.RawMessage `json:"items"`
+	TotalUnread int64           `json:"total_unread"`
+	Unread      int64           `json:"unread"`
 
 	// history
 	Messages []Message `json:"messages"`
@@ -56,6 +65,8 @@ type inFrame struct {
 	Name    string  `json:"name"`
 	Count   int     `json:"count"`
 	Members []int64 `json:"members"`
+	Public  bool    `json:"public"` // version 2
+	Owner   int64   `json:"owner"`  // version 2
 }
 
 func (f *inFrame) message() Message {
@@ -63,6 +74,18 @@ func (f *inFrame) message() Message {
 }
 
 func (f *inFrame) err() *Error { return &Error{Code: f.Code, Message: f.Message} }
+
+// convItems decodes the items of a `convs` frame.
+func (f *inFrame) convItems() ([]Conv, error) {
+	var items []Conv
+	if len(f.Items) == 0 || string(f.Items) == "null" {
+		return nil, nil
+	}
+	if err := json.Unmarshal(f.Items, &items); err != nil {
+		return nil, fmt.Errorf("magpie: bad convs items: %w", err)
+	}
+	return items, nil
+}
 
 type sendFrame struct {
 	Type  string `json:"type"`
@@ -90,6 +113,7 @@ type reqFrame struct {
 	Group   int64   `json:"group,omitempty"`
 	Name    string  `json:"name,omitempty"`
 	Members []int64 `json:"members,omitempty"`
+	Public  bool    `json:"public,omitempty"`
 	After   *int64  `json:"after,omitempty"`
 	Limit   int     `json:"limit,omitempty"`
 	Token   string  `json:"token,omitempty"`

@@ -91,6 +91,25 @@ type Options struct {
 	// OnRead receives every `read` frame (read marks set by this or another
 	// connection of the user).
 	OnRead func(ReadMark)
+	// OnGroupEvent receives the group event of every system message of a
+	// version 2 server, right after OnMessage got the message (whose Event
+	// is the same event).
+	OnGroupEvent func(GroupEvent)
+	// OnReceipt receives `receipt` frames: another member read up to a seq
+	// (version 2).
+	OnReceipt func(Receipt)
+	// OnTyping receives typing indicators starting and ending (version 2):
+	// see Typing, Typers and TypingExpiry.
+	OnTyping func(TypingEvent)
+	// OnPresence receives the items of every presence reply and push
+	// (version 2): see SubscribePresence.
+	OnPresence func([]Presence)
+	// TypingInterval is the least time between two `typing` frames for one
+	// conversation (see Typing). The default value is 2s: the server
+	// forwards at most one a second anyway, and receivers show the
+	// indicator for 6 s, so one frame per 2 s keeps it lit with room for a
+	// lost frame at half the traffic.
+	TypingInterval time.Duration
 	// Logger gets debug and warning logs. The default value discards them.
 	Logger *slog.Logger
 
@@ -112,6 +131,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.AckBatch <= 0 {
 		o.AckBatch = 64
+	}
+	if o.TypingInterval <= 0 {
+		o.TypingInterval = 2 * time.Second
 	}
 	if o.Logger == nil {
 		o.Logger = slog.New(slog.DiscardHandler)

@@ -110,8 +110,10 @@ func TestRealServerBasics(t *testing.T) {
 	if e, ok := err.(*Error); !ok || e.Code != CodeBadRequest {
 		t.Fatalf("send to self: %v", err)
 	}
-	// Groups.
-	g, err := alice.CreateGroup(ctx, "team", []int64{bobID})
+	// Groups. Version 2: a group joinable by id must be public, and every
+	// membership change is a message too (created, joined).
+	v2 := alice.ServerVersion() >= 2
+	g, err := alice.CreateGroupWith(ctx, NewGroup{Name: "team", Members: []int64{bobID}, Public: v2})
 	if err != nil || g.Count != 2 || len(g.Members) != 2 {
 		t.Fatalf("create: %+v %v", g, err)
 	}
@@ -127,9 +129,18 @@ func TestRealServerBasics(t *testing.T) {
 		t.Fatal(err)
 	}
 	gconv := GroupConv(g.ID)
-	waitFor(t, 10*time.Second, "group message", func() bool { return len(rc.seqs(gconv)) == 1 && len(rb.seqs(gconv)) == 2 })
-	if got := rc.bodies(gconv); !slices.Equal(got, []string{"after carol"}) {
-		t.Fatalf("carol got %v", got)
+	wantCarol, wantBob := []int64{2}, []int64{1, 2} // v1: before carol, after carol
+	if v2 {
+		wantCarol, wantBob = []int64{3, 4}, []int64{1, 2, 3, 4} // created, before, joined, after
+	}
+	waitFor(t, 10*time.Second, "group message", func() bool {
+		return len(rc.seqs(gconv)) == len(wantCarol) && len(rb.seqs(gconv)) == len(wantBob)
+	})
+	if got := rc.seqs(gconv); !slices.Equal(got, wantCarol) || rc.bodies(gconv)[len(wantCarol)-1] != "after carol" {
+		t.Fatalf("carol got %v %v", got, rc.bodies(gconv))
+	}
+	if got := rb.seqs(gconv); !slices.Equal(got, wantBob) {
+		t.Fatalf("bob got %v", got)
 	}
 	mg, err := carol.GroupMembers(ctx, g.ID, 0, 10)
 	if err != nil || mg.Count != 3 || len(mg.Members) != 3 {
@@ -197,4 +208,104 @@ func TestRealReplacedDevice(t *testing.T) {
 	if r2.countStates(StateReconnecting) != 0 || r1.countStates(StateReconnecting) != 0 {
 		t.Fatalf("reconnects: %+v / %+v", r1.states, r2.states)
 	}
+}
+
+// TestRealServerV2: groups with owners and events, receipts, typing and
+// presence against a real server speaking protocol version 2 (skipped
+// while it announces version 1).
+func TestRealServerV2(t *testing.T) {
+	srv := testserver.Start(t, "--demo")
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	va, vb, vc := &v2rec{}, &v2rec{}, &v2rec{}
+	ra, rb, rc := &recorder{}, &recorder{}, &recorder{}
+	alice, _ := demoClient(t, srv, "alice", func(o *Options) { va.install(o, ra) })
+	if v := alice.ServerVersion(); v < 2 {
+		t.Skipf("the server announces protocol version %d; this test needs version 2", v)
+	}
+	bob, _ := demoClient(t, srv, "bob", func(o *Options) { vb.install(o, rb) })
+	carol, _ := demoClient(t, srv, "carol", func(o *Options) { vc.install(o, rc) })
+	a, b, c := alice.UID(), bob.UID(), carol.UID()
+
+	// The demo lobby is public and alice's.
+	list, err := carol.Convs(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lobbyOK := false
+	for _, it := range list.Items {
+		if it.Name == "lobby" {
+			lobbyOK = it.Public && it.Owner == a
+		}
+	}
+	if !lobbyOK {
+		t.Errorf("lobby is not public and alice's: %+v", list.Items)
+	}
+
+	// A private group: owner-only changes, events for every member.
+	g, err := alice.CreateGroupWith(ctx, NewGroup{Name: "team", Members: []int64{b}})
+	if err != nil || g.Public || g.Owner != a {
+		t.Fatalf("create: %+v %v", g, err)
+	}
+	conv := GroupConv(g.ID)
+	_, err = carol.JoinGroup(ctx, g.ID)
+	wantCode(t, err, CodeForbidden)
+	_, err = bob.RenameGroup(ctx, g.ID, "mine")
+	wantCode(t, err, CodeForbidden)
+	if _, err := bob.AddMembers(ctx, g.ID, []int64{c}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.RenameGroup(ctx, g.ID, "crew"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := alice.RemoveMembers(ctx, g.ID, []int64{b}); err != nil {
+		t.Fatal(err)
+	}
+	if gl, err := alice.LeaveGroup(ctx, g.ID); err != nil || gl.Owner != c {
+		t.Fatalf("leave: %+v %v", gl, err)
+	}
+	all := []string{EventCreated, EventAdded, EventRenamed, EventRemoved, EventLeft}
+	waitFor(t, 10*time.Second, "carol sees every change", func() bool { return slices.Equal(vc.eventNames(conv), all) })
+	waitFor(t, 10*time.Second, "bob sees up to his removal", func() bool { return slices.Equal(vb.eventNames(conv), all[:4]) })
+	if ev := vc.lastEvent(); !ev.OwnerChanged || ev.NewOwner != c {
+		t.Errorf("left event %+v", ev)
+	}
+	// A client cannot forge a system message.
+	_, err = bob.Send(ctx, Outgoing{To: a, Body: `{"event":"left"}`, Kind: "system"})
+	wantCode(t, err, CodeBadRequest)
+
+	// Receipts.
+	dconv := DirectConv(a, b)
+	if _, err := alice.SendTo(ctx, b, "read me"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "bob has it", func() bool { return len(rb.seqs(dconv)) == 1 })
+	if _, err := bob.MarkRead(ctx, dconv, 1); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "receipt", func() bool { return len(va.snapshot().receipts) >= 1 })
+	if r := va.snapshot().receipts[0]; r != (Receipt{Conv: dconv, UID: b, Seq: 1}) {
+		t.Errorf("receipt %+v", r)
+	}
+	if rs, err := alice.Receipts(ctx, dconv); err != nil || !slices.Equal(rs, []ReadState{{UID: b, ReadSeq: 1}}) {
+		t.Errorf("receipts %+v %v", rs, err)
+	}
+
+	// Typing: shown to bob, ended by alice's message.
+	if err := alice.Typing(dconv); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "bob sees alice typing", func() bool { return slices.Equal(bob.Typers(dconv), []int64{a}) })
+	if _, err := alice.SendTo(ctx, b, "typed"); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, 10*time.Second, "indicator ended by the message", func() bool { return len(rb.seqs(dconv)) == 2 && len(bob.Typers(dconv)) == 0 })
+
+	// Presence: bob online, then offline after --presence-grace with last_seen.
+	items, err := alice.SubscribePresence(ctx, []int64{b, c})
+	if err != nil || len(items) != 2 || !items[0].Online || !items[1].Online {
+		t.Fatalf("presence %+v %v", items, err)
+	}
+	bob.Close()
+	waitFor(t, 20*time.Second, "bob offline", func() bool { p, _ := alice.Presence(b); return !p.Online && p.LastSeen > 0 })
 }

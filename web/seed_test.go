@@ -33,6 +33,25 @@ func apiPost(t *testing.T, srv *chatServer, path string, body any) (int, map[str
 	return res.StatusCode, out
 }
 
+// serverVersion returns the protocol version srv announces in welcome.
+func serverVersion(t *testing.T, srv *chatServer) int {
+	t.Helper()
+	code, login := apiPost(t, srv, "/api/login", map[string]string{"username": "alice", "password": "password"})
+	if code != 200 {
+		t.Fatalf("login alice: %d %v", code, login)
+	}
+	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
+	c, _, err := d.Dial(login["ws_url"].(string), http.Header{"Origin": {srv.HTTPURL()}})
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	defer c.Close()
+	u := &wsUser{t: t, name: "alice", c: c}
+	u.write(map[string]any{"type": "auth", "token": login["token"]})
+	v, _ := u.await("welcome", "")["version"].(float64)
+	return int(v)
+}
+
 // connectUser registers name (when missing), logs in and opens a WebSocket.
 func connectUser(t *testing.T, srv *chatServer, name string) *wsUser {
 	t.Helper()

@@ -1,5 +1,6 @@
 // Magpie JS SDK: the browser (and Node) client of the Magpie wire protocol,
-// version 1 (docs/PROTOCOL.md). It has the same guarantees as the Go SDK:
+// versions 1 and 2 (docs/PROTOCOL.md). It has the same guarantees as the Go
+// SDK:
 //
 //   - heartbeat: {"type":"ping"} after heartbeat_ms without sending anything
 //     (browsers cannot send WebSocket ping frames);
@@ -11,7 +12,11 @@
 //   - every send stays in an outbox until its "sent" arrives and is re-sent
 //     with the same cmid after each welcome, so nothing is lost or doubled;
 //   - cumulative, coalesced acks; dedup by (conv, seq); gap fill through
-//     history; catch-up with convs + history after every welcome.
+//     history; catch-up with convs + history after every welcome;
+//   - version 2 (§13–§16): group owners, add/remove/rename, system messages
+//     decoded into group events, read receipts, throttled typing with a 6 s
+//     indicator, presence subscriptions renewed after every welcome. A
+//     version 1 server is accepted: it simply never sends those frames.
 //
 // Nothing here touches the DOM. WebSocket, fetch, timers, the clock and the
 // random source are injectable, so the logic runs under `node --test`.
@@ -20,6 +25,43 @@
 export const CLOSE_UNAUTHORIZED = 4001;
 export const CLOSE_REPLACED = 4004;
 export const CLOSE_RATE = 4029;
+
+/** TYPING_EXPIRY_MS: a typing indicator lasts this long after the last typing frame (PROTOCOL.md §15). */
+export const TYPING_EXPIRY_MS = 6000;
+/** MAX_PRESENCE_SUB: the longest presence subscription (PROTOCOL.md §16). */
+export const MAX_PRESENCE_SUB = 1000;
+/** Bound of the typing state: typists beyond it are ignored until others expire. */
+const MAX_TYPISTS = 4096;
+
+/**
+ * isSystem reports whether a message has the shape of a server-made system
+ * message (kind "system", cmid "sys:…"). Only a version 2 server guarantees
+ * that no client sent it; MagpieClient decodes events only there.
+ */
+export function isSystem(m) {
+  return !!m && m.kind === "system" && typeof m.cmid === "string" && m.cmid.startsWith("sys:");
+}
+
+/**
+ * parseGroupEvent decodes the body of a group system message (PROTOCOL.md
+ * §13) into its object: {event:"created", name, public, count} |
+ * {event:"added", members} | {event:"joined"} | {event:"left"[, owner]} |
+ * {event:"removed", members} | {event:"renamed", name}, or an event this SDK
+ * does not know, passed through as it is. null for any other message.
+ */
+export function parseGroupEvent(m) {
+  if (!isSystem(m) || typeof m.body !== "string") return null;
+  const p = parseConv(m.conv);
+  if (!p || p.kind !== "g") return null;
+  let ev;
+  try {
+    ev = JSON.parse(m.body);
+  } catch {
+    return null;
+  }
+  if (!ev || typeof ev !== "object" || Array.isArray(ev) || typeof ev.event !== "string" || !ev.event) return null;
+  return ev;
+}
 
 /**
  * backoffDelay returns the wait before reconnect attempt number `attempt`
@@ -256,6 +298,8 @@ export class RequestError extends Error {
  *                the default value is 15000
  *   retryDelay   ms before re-sending a send that got rate_limited/internal;
  *                the default value is 1000
+ *   typingInterval ms between two typing frames of one conversation (see
+ *                typing()); the default value is 2000
  *
  * Events (client.on(name, fn)): "state" {state, code}, "welcome" frame,
  * "message" {message, source} once per (conv, seq) with source "push",
@@ -263,6 +307,10 @@ export class RequestError extends Error {
  * changed); "outbox" (a send was queued or settled); "read" frame;
  * "sendfailed" {cmid, conv, code, message};
  * "unauthorized" (4001: log in again); "replaced" (4004).
+ * Version 2: "groupevent" {message, event} right after the "message" of a
+ * system message (message.event is the same object); "receipt" {conv, uid,
+ * seq}; "typing" {conv, uid, typing} when an indicator starts or ends;
+ * "presence" {items} for every presence reply and push.
  *
  * States: "idle" (not started), "connecting" (first attempt), "online"
  * (welcome received), "reconnecting" (lost; waiting or dialing again),
@@ -284,6 +332,7 @@ export class MagpieClient {
     this.ackDelay = opts.ackDelay ?? 50;
     this.connectTimeout = opts.connectTimeout ?? 15000;
     this.retryDelay = opts.retryDelay ?? 1000;
+    this.typingInterval = opts.typingInterval ?? 2000;
 
     this.state = "idle";
     this.welcome = null;
@@ -305,6 +354,18 @@ export class MagpieClient {
     this._cmidSeq = 0;
     this._filling = new Set();
     this._convsGen = 0;
+
+    /** welcome's version: 0 before the first welcome, then 1 or 2 */
+    this.version = 0;
+    this._typing = new Map(); // conv -> Map(uid -> expiry timer)
+    this._typists = 0;
+    this._typingSent = new Map(); // conv -> when this client last sent typing
+    this._typingTrail = new Map(); // conv -> timer of the frame due at the end of the interval
+    this._presWant = null; // the subscription list; null: never subscribed
+    this._presGen = 0;
+    this._presWaiters = []; // {gen, resolve, reject}
+    /** uid -> {uid, online, last_seen}: the latest known presence of subscribed users */
+    this.presenceState = new Map();
   }
 
   // ---- events ----
@@ -360,6 +421,9 @@ export class MagpieClient {
       }
       this._teardown(c, new Error("stopped"));
     }
+    for (const m of this._typing.values()) for (const timer of m.values()) this._t.clearTimeout(timer);
+    this._typing.clear();
+    this._typists = 0;
     this._setState("offline");
   }
 
@@ -443,6 +507,7 @@ export class MagpieClient {
     }
     c.hbTimer = c.connectTimer = c.ackTimer = null;
     c.acks.clear(); // acks only cover pushes of that connection
+    for (const conv of [...this._typingTrail.keys()]) this._cancelTypingTrail(conv); // typing is not queued
     const reqs = [...c.requests.values()];
     c.requests.clear();
     for (const r of reqs) r.reject(err);
@@ -551,7 +616,18 @@ export class MagpieClient {
         break;
       case "msg":
         this._queueAck(c, f.conv, f.seq);
+        this._stopTyping(f.conv, f.from);
         this._ingest(f, "push");
+        break;
+      case "receipt":
+        this._onReceipt(f);
+        break;
+      case "typing":
+        this._onTyping(f);
+        break;
+      case "presence":
+        if (typeof f.rid === "string") this._resolve(c, f);
+        else this._onPresence(f.items, true);
         break;
       case "sent":
         this._onSent(f);
@@ -580,6 +656,7 @@ export class MagpieClient {
     }
     this.welcome = f;
     this.uid = f.uid;
+    this.version = Number.isSafeInteger(f.version) && f.version > 0 ? f.version : 1;
     this.attempt = 0;
     c.tokens = this._capacity();
     c.tokensAt = this._t.now();
@@ -588,6 +665,7 @@ export class MagpieClient {
     this._emit("welcome", f);
     this._flushOutbox();
     this._catchUp();
+    this._resubscribePresence();
   }
 
   _resolve(c, f) {
@@ -670,6 +748,10 @@ export class MagpieClient {
       body: m.body,
       cmid: m.cmid,
     };
+    if (this.version >= 2) {
+      const ev = parseGroupEvent(msg);
+      if (ev) msg.event = ev;
+    }
     // Our own send stored before its "sent" got lost: settle it from here.
     if (msg.from === this.uid && msg.cmid && this.outbox.has(msg.cmid)) {
       const e = this.outbox.get(msg.cmid);
@@ -687,10 +769,53 @@ export class MagpieClient {
     }
     if (msg.from === this.uid && msg.seq > it.read_seq) it.read_seq = msg.seq; // §10
     it.unread = Math.max(0, it.last_seq - it.read_seq);
+    if (msg.event) this._applyGroupEvent(it, msg);
     this._emit("message", { message: msg, source });
+    if (msg.event) this._emit("groupevent", { message: msg, event: msg.event });
     this._emit("convs");
     if (this.seqs.gap(msg.conv)) this._fillGap(msg.conv);
     return true;
+  }
+
+  // _applyGroupEvent keeps a group's name, owner, visibility and the user's
+  // membership current from its system messages. Only events newer than
+  // what the item already reflects count (metaSeq), so an older page of
+  // history cannot undo a later rename. Member counts are not derived
+  // here: a group reply's count belongs to no seq (ask groupMembers).
+  _applyGroupEvent(it, msg) {
+    const ev = msg.event;
+    if (msg.seq <= (it.metaSeq || 0)) return;
+    it.metaSeq = msg.seq;
+    const me = this.uid;
+    const names = (l) => Array.isArray(l) && l.includes(me);
+    switch (ev.event) {
+      case "created":
+        if (typeof ev.name === "string") it.name = ev.name;
+        it.public = !!ev.public;
+        it.owner = msg.from;
+        if (Number.isSafeInteger(ev.count)) it.count = ev.count;
+        it.member = true;
+        break;
+      case "renamed":
+        if (typeof ev.name === "string") it.name = ev.name;
+        break;
+      case "added":
+        if (names(ev.members)) it.member = true;
+        break;
+      case "joined":
+        if (msg.from === me) it.member = true;
+        if (!it.owner) it.owner = msg.from;
+        break;
+      case "removed":
+        if (names(ev.members)) it.member = false;
+        break;
+      case "left":
+        if (Number.isSafeInteger(ev.owner)) it.owner = ev.owner;
+        if (msg.from === me) it.member = false;
+        break;
+    }
+    // Put in a group by someone else: its name comes with the next convs.
+    if (it.member && it.name === undefined && (ev.event === "added" || ev.event === "joined")) this.refreshConvs();
   }
 
   _onSent(f) {
@@ -764,9 +889,21 @@ export class MagpieClient {
       if (item.peer) it.peer = item.peer;
       if (item.group) it.group = item.group;
       if (item.name !== undefined) it.name = item.name;
+      if (item.group) {
+        // v2 carries public and owner; a listed group is one the user is in.
+        if (item.public !== undefined) it.public = !!item.public;
+        if (item.owner !== undefined) it.owner = item.owner;
+        it.member = true;
+        it.metaSeq = Math.max(it.metaSeq || 0, item.last_seq || 0);
+      }
+      if (Number.isSafeInteger(item.peer_read_seq)) this._setRead(it, it.peer, item.peer_read_seq);
       if (item.last_seq >= it.last_seq) {
         it.last_seq = item.last_seq;
-        if (item.last) it.last = { ...item.last, conv: item.conv };
+        if (item.last) {
+          it.last = { ...item.last, conv: item.conv };
+          const ev = this.version >= 2 ? parseGroupEvent(it.last) : null;
+          if (ev) it.last.event = ev;
+        }
       }
       if (item.read_seq > it.read_seq) it.read_seq = item.read_seq;
       it.unread = Math.max(0, it.last_seq - it.read_seq);
@@ -824,6 +961,12 @@ export class MagpieClient {
     if (before !== undefined) f.before = before;
     if (limit !== undefined) f.limit = limit;
     const res = await this.request(f);
+    if (this.version >= 2) {
+      for (const m of res.messages || []) {
+        const ev = parseGroupEvent({ ...m, conv: m.conv || conv });
+        if (ev) m.event = ev;
+      }
+    }
     if (after === undefined && before === undefined && !this.seqs.has(conv)) {
       const msgs = res.messages || [];
       this.seqs.baseline(conv, msgs.length ? msgs[msgs.length - 1].seq : 0);
@@ -858,9 +1001,15 @@ export class MagpieClient {
     );
   }
 
-  /** createGroup creates a group with the given member uids. */
-  async createGroup(name, members = []) {
-    const g = await this.request({ type: "group_create", name, members });
+  /**
+   * createGroup creates a group with the given member uids; {public: true}
+   * lets anyone join it (version 2; the default is private). The caller is
+   * its owner.
+   */
+  async createGroup(name, members = [], { public: isPublic = false } = {}) {
+    const f = { type: "group_create", name, members };
+    if (isPublic) f.public = true;
+    const g = await this.request(f);
     this._groupAdded(g);
     return g;
   }
@@ -882,14 +1031,51 @@ export class MagpieClient {
   }
 
   /** groupMembers lists members of gid with uid > after. */
-  groupMembers(gid, { after = 0, limit = 1000 } = {}) {
-    return this.request({ type: "group_members", group: gid, after, limit });
+  async groupMembers(gid, { after = 0, limit = 1000 } = {}) {
+    const g = await this.request({ type: "group_members", group: gid, after, limit });
+    this._groupInfo(g);
+    return g;
+  }
+
+  /** addMembers adds uids (1–1000) to group gid: any member may (version 2). */
+  async addMembers(gid, uids) {
+    const g = await this.request({ type: "group_add", group: gid, members: uids });
+    this._groupInfo(g);
+    return g;
+  }
+
+  /** removeMembers removes uids (1–1000) from group gid: the owner only (version 2). */
+  async removeMembers(gid, uids) {
+    const g = await this.request({ type: "group_remove", group: gid, members: uids });
+    this._groupInfo(g);
+    return g;
+  }
+
+  /** renameGroup renames group gid: the owner only (version 2). */
+  async renameGroup(gid, name) {
+    const g = await this.request({ type: "group_rename", group: gid, name });
+    this._groupInfo(g);
+    return g;
+  }
+
+  // _groupInfo records what a group reply says about a group the user is in.
+  _groupInfo(g) {
+    const it = this.convs.get(groupConv(g.group));
+    if (!it) return;
+    if (typeof g.name === "string") it.name = g.name;
+    if (Number.isSafeInteger(g.count)) it.count = g.count;
+    if (g.public !== undefined) it.public = !!g.public;
+    if (g.owner !== undefined) it.owner = g.owner;
+    this._emit("convs");
   }
 
   _groupAdded(g) {
     const it = this._convItem(groupConv(g.group));
     it.name = g.name;
     it.count = g.count;
+    it.member = true;
+    if (g.public !== undefined) it.public = !!g.public;
+    if (g.owner !== undefined) it.owner = g.owner;
     it.gen = this._convsGen + 1;
     if (!it.last) it.sortTs = Math.max(it.sortTs, this._t.now());
     this._emit("convs");
@@ -967,6 +1153,9 @@ export class MagpieClient {
     }
     frame.body = body;
     if (kind) frame.kind = kind;
+    // The message ends the sender's typing indicator at the receivers: a
+    // typing frame still due would light it again.
+    this._cancelTypingTrail(conv);
     let resolve, reject;
     const promise = new Promise((res, rej) => {
       resolve = res;
@@ -1002,5 +1191,203 @@ export class MagpieClient {
     this.outbox.delete(cmid);
     this._emit("outbox");
     e.reject(new Error("cancelled"));
+  }
+
+  // ---- receipts (version 2, PROTOCOL.md §14) ----
+
+  // _setRead records that uid read conv's item up to seq.
+  _setRead(it, uid, seq) {
+    if (!uid || !Number.isSafeInteger(seq)) return false;
+    if (!it.reads) it.reads = new Map();
+    if (seq <= (it.reads.get(uid) || 0)) return false;
+    it.reads.set(uid, seq);
+    if (it.peer === uid) it.peer_read_seq = seq;
+    return true;
+  }
+
+  _onReceipt(f) {
+    if (typeof f.conv !== "string" || !Number.isSafeInteger(f.uid) || !Number.isSafeInteger(f.seq)) return;
+    // A receipt names a conversation the user is in, maybe not listed yet.
+    if (parseConv(f.conv)) this._setRead(this._convItem(f.conv), f.uid, f.seq);
+    this._emit("receipt", { conv: f.conv, uid: f.uid, seq: f.seq });
+  }
+
+  /**
+   * receipts asks for the read position of every other member of conv (a
+   * direct conversation, or a group of at most the server's
+   * --receipt-members; larger: RequestError "forbidden") and records them.
+   * Resolves with the items [{uid, read_seq}].
+   */
+  async receipts(conv) {
+    const res = await this.request({ type: "receipts", conv });
+    // Answered: the user is in conv, whether or not convs listed it yet.
+    const it = this._convItem(conv);
+    const items = Array.isArray(res.items) ? res.items : [];
+    for (const r of items) this._setRead(it, r.uid, r.read_seq);
+    return items;
+  }
+
+  /**
+   * readBy lists the other members known to have read conv up to seq (from
+   * convs' peer_read_seq, receipts() and receipt frames), ascending.
+   */
+  readBy(conv, seq) {
+    const it = this.convs.get(conv);
+    if (!it || !it.reads) return [];
+    const out = [];
+    for (const [uid, s] of it.reads) if (s >= seq && uid !== this.uid) out.push(uid);
+    return out.sort((a, b) => a - b);
+  }
+
+  // ---- typing (version 2, PROTOCOL.md §15) ----
+
+  /**
+   * typing tells the other members of conv that the user is typing. Call it
+   * on every keystroke: it sends at most one frame per typingInterval (2 s)
+   * per conversation — the first call at once, and calls inside the
+   * interval as one frame at its end, so a short burst still shows —
+   * nothing while offline or to a version 1 server. It returns whether a
+   * frame went out now. A send to conv drops the pending frame: the
+   * message ends the indicator.
+   */
+  typing(conv) {
+    const c = this._conn;
+    if (!c || !c.authed || this.version < 2 || !parseConv(conv)) return false;
+    const now = this._t.now();
+    const last = this._typingSent.get(conv);
+    if (last !== undefined && now - last < this.typingInterval) {
+      if (!this._typingTrail.has(conv)) {
+        const timer = this._t.setTimeout(() => {
+          this._typingTrail.delete(conv);
+          this.typing(conv);
+        }, last + this.typingInterval - now);
+        this._typingTrail.set(conv, timer);
+      }
+      return false;
+    }
+    if (this._typingSent.size >= 256) {
+      for (const [k, t] of this._typingSent) if (now - t >= this.typingInterval) this._typingSent.delete(k);
+    }
+    this._typingSent.set(conv, now);
+    return this._write(c, { type: "typing", conv });
+  }
+
+  _cancelTypingTrail(conv) {
+    const t = this._typingTrail.get(conv);
+    if (t === undefined) return;
+    this._t.clearTimeout(t);
+    this._typingTrail.delete(conv);
+  }
+
+  /** typers lists the uids typing in conv now, ascending. */
+  typers(conv) {
+    const m = this._typing.get(conv);
+    return m ? [...m.keys()].sort((a, b) => a - b) : [];
+  }
+
+  // _onTyping starts or extends an indicator: one timer per typist, reset
+  // by every frame, ends it TYPING_EXPIRY_MS after the last.
+  _onTyping(f) {
+    const { conv, uid } = f;
+    if (typeof conv !== "string" || !Number.isSafeInteger(uid) || uid <= 0 || uid === this.uid) return;
+    let m = this._typing.get(conv);
+    const prev = m ? m.get(uid) : undefined;
+    if (prev !== undefined) this._t.clearTimeout(prev);
+    else if (this._typists >= MAX_TYPISTS) return;
+    if (!m) this._typing.set(conv, (m = new Map()));
+    m.set(uid, this._t.setTimeout(() => this._stopTyping(conv, uid), TYPING_EXPIRY_MS));
+    if (prev === undefined) {
+      this._typists++;
+      this._emit("typing", { conv, uid, typing: true });
+    }
+  }
+
+  // _stopTyping ends uid's indicator in conv: expired, or a message from
+  // them arrived.
+  _stopTyping(conv, uid) {
+    const m = this._typing.get(conv);
+    if (!m || !m.has(uid)) return;
+    this._t.clearTimeout(m.get(uid));
+    m.delete(uid);
+    if (m.size === 0) this._typing.delete(conv);
+    this._typists--;
+    this._emit("typing", { conv, uid, typing: false });
+  }
+
+  // ---- presence (version 2, PROTOCOL.md §16) ----
+
+  /**
+   * subscribePresence replaces the presence subscription with uids (0–1000
+   * positive uids; [] unsubscribes) and resolves with the reply's items
+   * [{uid, online, last_seen}] in request order. The subscription belongs
+   * to the client: it is sent again after every welcome, so it survives
+   * reconnects; called while offline it resolves after the next welcome.
+   * Every reply and push updates presence(uid) and fires "presence". When a
+   * later call replaces the list first, this one resolves with the later
+   * reply. Rejects with RequestError "not_supported" on a version 1 server.
+   */
+  subscribePresence(uids) {
+    if (!Array.isArray(uids) || uids.length > MAX_PRESENCE_SUB || !uids.every((u) => Number.isSafeInteger(u) && u > 0)) {
+      return Promise.reject(new Error(`subscribePresence takes 0 to ${MAX_PRESENCE_SUB} positive uids`));
+    }
+    if (this.state === "online" && this.version < 2) return Promise.reject(new RequestError("not_supported", "the server speaks protocol version 1"));
+    this._presWant = [...uids];
+    const gen = ++this._presGen;
+    const keep = new Set(uids);
+    for (const uid of [...this.presenceState.keys()]) if (!keep.has(uid)) this.presenceState.delete(uid);
+    const online = this._conn && this._conn.authed;
+    if (!online && uids.length === 0) return Promise.resolve([]); // the next connection starts without
+    const p = new Promise((resolve, reject) => this._presWaiters.push({ gen, resolve, reject }));
+    if (online) this._sendPresenceSub();
+    return p;
+  }
+
+  /** presence returns the latest known {uid, online, last_seen} of a subscribed user, or undefined. */
+  presence(uid) {
+    return this.presenceState.get(uid);
+  }
+
+  _resubscribePresence() {
+    const want = this._presWant;
+    if (want === null) return;
+    if (this.version < 2) this._finishPresence(Infinity, null, new RequestError("not_supported", "the server speaks protocol version 1"));
+    else if (want.length === 0) this._finishPresence(Infinity, []);
+    else this._sendPresenceSub();
+  }
+
+  _sendPresenceSub() {
+    const gen = this._presGen;
+    this.request({ type: "presence_sub", uids: this._presWant }).then(
+      (res) => {
+        const items = Array.isArray(res.items) ? res.items : [];
+        if (gen === this._presGen) this._onPresence(items, false);
+        this._finishPresence(gen, items);
+      },
+      (err) => {
+        // A lost connection is retried after the next welcome; an error
+        // frame is final for this list.
+        if (err instanceof RequestError) this._finishPresence(gen, null, err);
+      },
+    );
+  }
+
+  _finishPresence(gen, items, err) {
+    const done = this._presWaiters.filter((w) => w.gen <= gen);
+    this._presWaiters = this._presWaiters.filter((w) => w.gen > gen);
+    for (const w of done) (err ? w.reject(err) : w.resolve(items));
+  }
+
+  _onPresence(items, push) {
+    if (!Array.isArray(items)) return;
+    const want = new Set(this._presWant || []);
+    const out = [];
+    for (const it of items) {
+      if (!it || !Number.isSafeInteger(it.uid)) continue;
+      if (push && !want.has(it.uid)) continue; // crossed an unsubscribe
+      const p = { uid: it.uid, online: !!it.online, last_seen: Number.isSafeInteger(it.last_seen) ? it.last_seen : 0 };
+      this.presenceState.set(p.uid, p);
+      out.push(p);
+    }
+    if (out.length) this._emit("presence", { items: out });
   }
 }

@@ -576,3 +576,331 @@ test("a read mark made while offline reaches the server after the reconnect", as
   ws = await online(env, [{ conv: "d:1:2", peer: 2, last_seq: 4, read_seq: 4, unread: 0 }]);
   assert.equal(ws.frames("read").length, 0);
 });
+
+// ---- protocol version 2 ----
+
+const sys = (conv, seq, from, body) => ({ type: "msg", conv, seq, from, ts: 100 + seq, kind: "system", body: JSON.stringify(body), cmid: `sys:${seq}` });
+
+test("v2 groups: public create, owner in replies, add/remove/rename frames", async () => {
+  const env = newClient({ uid: 1 });
+  env.client.start();
+  const ws = await online(env, [], { version: 2 });
+  assert.equal(env.client.version, 2);
+  const cp = env.client.createGroup("team", [2], { public: true });
+  const gc = ws.frames("group_create")[0];
+  assert.deepEqual([gc.name, gc.members, gc.public], ["team", [2], true]);
+  ws.recv({ type: "group", rid: gc.rid, group: 7, name: "team", count: 2, members: [1, 2], more: false, public: true, owner: 1 });
+  await cp;
+  const it = env.client.convs.get("g:7");
+  assert.deepEqual([it.name, it.public, it.owner, it.count, it.member], ["team", true, 1, 2, true]);
+  // A private group omits the flag (v1 servers never see it).
+  env.client.createGroup("quiet", []);
+  assert.equal("public" in ws.frames("group_create")[1], false);
+
+  const ap = env.client.addMembers(7, [3, 4]);
+  const ga = ws.frames("group_add")[0];
+  assert.deepEqual([ga.group, ga.members], [7, [3, 4]]);
+  ws.recv({ type: "group", rid: ga.rid, group: 7, name: "team", count: 4, public: true, owner: 1 });
+  assert.equal((await ap).count, 4);
+  assert.equal(it.count, 4);
+  const rp = env.client.removeMembers(7, [4]);
+  const gr = ws.frames("group_remove")[0];
+  assert.deepEqual([gr.group, gr.members], [7, [4]]);
+  ws.recv({ type: "error", rid: gr.rid, code: "forbidden", message: "not the owner" });
+  await assert.rejects(rp, (e) => e.code === "forbidden");
+  const np = env.client.renameGroup(7, "crew");
+  const gn = ws.frames("group_rename")[0];
+  assert.deepEqual([gn.group, gn.name], [7, "crew"]);
+  ws.recv({ type: "group", rid: gn.rid, group: 7, name: "crew", count: 3, public: true, owner: 1 });
+  await np;
+  assert.equal(it.name, "crew");
+});
+
+test("v2 system messages become group events, through message and groupevent", async () => {
+  const env = newClient({ uid: 2 });
+  const seen = [];
+  const bodies = new Map();
+  env.client.on("message", ({ message }) => bodies.set(message.seq, message));
+  env.client.on("message", ({ message }) => seen.push(["message", message.seq, message.event ? message.event.event : null]));
+  env.client.on("groupevent", ({ message, event }) => seen.push(["groupevent", message.seq, event.event]));
+  env.client.start();
+  const ws = await online(env, [{ conv: "g:7", group: 7, name: "team", last_seq: 10, read_seq: 10, unread: 0, public: false, owner: 1 }], { version: 2, uid: 2 });
+  const it = env.client.convs.get("g:7");
+  assert.deepEqual([it.public, it.owner, it.member], [false, 1, true]);
+  ws.recv(sys("g:7", 11, 1, { event: "renamed", name: "crew" }));
+  ws.recv({ type: "msg", conv: "g:7", seq: 12, from: 3, ts: 5, kind: "text", body: "hi", cmid: "c1" });
+  ws.recv(sys("g:7", 13, 1, { event: "archived", until: 7 }));
+  ws.recv(sys("g:7", 14, 1, { event: "left", owner: 3 }));
+  assert.deepEqual(seen, [
+    ["message", 11, "renamed"],
+    ["groupevent", 11, "renamed"],
+    ["message", 12, null],
+    ["message", 13, "archived"],
+    ["groupevent", 13, "archived"],
+    ["message", 14, "left"],
+    ["groupevent", 14, "left"],
+  ]);
+  assert.deepEqual([it.name, it.owner], ["crew", 3]);
+  // An unknown event passes through untouched.
+  assert.equal(bodies.get(13).body, '{"event":"archived","until":7}');
+  assert.deepEqual(bodies.get(13).event, { event: "archived", until: 7 });
+  assert.equal(bodies.get(13).kind, "system");
+  // A gap filled after a later rename cannot undo it: seq 20 renames to
+  // "new", then the fill brings 15, an older rename.
+  ws.recv(sys("g:7", 20, 1, { event: "renamed", name: "new" }));
+  assert.equal(it.name, "new");
+  await flush();
+  const h = ws.frames("history").at(-1);
+  assert.deepEqual([h.conv, h.after], ["g:7", 14]);
+  const fill = [15, 16, 17, 18, 19].map((seq) => {
+    const m = seq === 15 ? sys("g:7", 15, 1, { event: "renamed", name: "old" }) : { conv: "g:7", seq, from: 3, ts: seq, kind: "text", body: "x", cmid: `c${seq}` };
+    delete m.type;
+    return m;
+  });
+  ws.recv({ type: "history", rid: h.rid, conv: "g:7", messages: fill, more: false });
+  await flush();
+  assert.equal(env.client.seqs.held("g:7"), 20);
+  assert.equal(it.name, "new");
+  // Removed: the user is no longer a member.
+  ws.recv(sys("g:7", 21, 1, { event: "removed", members: [2, 4] }));
+  assert.equal(it.member, false);
+});
+
+test("v2 events are not decoded from a v1 server, where any client may send kind system", async () => {
+  const env = newClient({ uid: 2 });
+  const events = [];
+  let msg = null;
+  env.client.on("groupevent", (e) => events.push(e));
+  env.client.on("message", ({ message }) => (msg = message));
+  env.client.start();
+  const ws = await online(env, [{ conv: "g:7", group: 7, name: "team", last_seq: 10, read_seq: 10, unread: 0 }]);
+  assert.equal(env.client.version, 1);
+  ws.recv(sys("g:7", 11, 1, { event: "renamed", name: "evil" }));
+  assert.equal(events.length, 0);
+  assert.equal(msg.event, undefined);
+  assert.equal(msg.body, '{"event":"renamed","name":"evil"}');
+  assert.equal(env.client.convs.get("g:7").name, "team");
+});
+
+test("v2: being added to a group fetches its name with convs", async () => {
+  const env = newClient({ uid: 2 });
+  env.client.start();
+  const ws = await online(env, [], { version: 2, uid: 2 });
+  ws.recv(sys("g:9", 4, 1, { event: "added", members: [2, 3] }));
+  const it = env.client.convs.get("g:9");
+  assert.equal(it.member, true);
+  const convs = ws.frames("convs");
+  assert.equal(convs.length, 2, "a convs request for the new group's name");
+  ws.recv({ type: "convs", rid: convs[1].rid, items: [{ conv: "g:9", group: 9, name: "weekend", last_seq: 4, read_seq: 3, unread: 1, public: false, owner: 1 }] });
+  await flush();
+  assert.deepEqual([it.name, it.owner, it.unread], ["weekend", 1, 1]);
+  // A "created" event names the group itself: no extra request.
+  ws.recv(sys("g:10", 1, 1, { event: "created", name: "fresh", public: true, count: 2 }));
+  assert.equal(ws.frames("convs").length, 2);
+  const g10 = env.client.convs.get("g:10");
+  assert.deepEqual([g10.name, g10.public, g10.owner, g10.count], ["fresh", true, 1, 2]);
+});
+
+test("v2 receipts: frames, peer_read_seq from convs, the receipts request, readBy", async () => {
+  const env = newClient({ uid: 1 });
+  const got = [];
+  env.client.on("receipt", (r) => got.push(r));
+  env.client.start();
+  const ws = await online(
+    env,
+    [
+      { conv: "d:1:2", peer: 2, last_seq: 5, read_seq: 5, unread: 0, peer_read_seq: 3 },
+      { conv: "g:7", group: 7, name: "t", last_seq: 9, read_seq: 9, unread: 0, public: false, owner: 1 },
+    ],
+    { version: 2 },
+  );
+  const d = env.client.convs.get("d:1:2");
+  assert.equal(d.peer_read_seq, 3);
+  assert.deepEqual(env.client.readBy("d:1:2", 3), [2]);
+  assert.deepEqual(env.client.readBy("d:1:2", 4), []);
+  ws.recv({ type: "receipt", conv: "d:1:2", uid: 2, seq: 5 });
+  assert.deepEqual(got, [{ conv: "d:1:2", uid: 2, seq: 5 }]);
+  assert.equal(d.peer_read_seq, 5);
+  ws.recv({ type: "receipt", conv: "d:1:2", uid: 2, seq: 4 }); // late and lower: ignored in state
+  assert.equal(d.peer_read_seq, 5);
+
+  const rp = env.client.receipts("g:7");
+  const rq = ws.frames("receipts")[0];
+  assert.deepEqual([rq.conv, typeof rq.rid], ["g:7", "string"]);
+  ws.recv({ type: "receipts", rid: rq.rid, conv: "g:7", items: [{ uid: 2, read_seq: 9 }, { uid: 3, read_seq: 6 }] });
+  assert.deepEqual(await rp, [{ uid: 2, read_seq: 9 }, { uid: 3, read_seq: 6 }]);
+  assert.deepEqual(env.client.readBy("g:7", 7), [2]);
+  ws.recv({ type: "receipt", conv: "g:7", uid: 3, seq: 9 });
+  assert.deepEqual(env.client.readBy("g:7", 9), [2, 3]);
+  // A large group: forbidden comes back as a RequestError.
+  const big = env.client.receipts("g:8");
+  ws.recv({ type: "error", rid: ws.frames("receipts")[1].rid, code: "forbidden" });
+  await assert.rejects(big, (e) => e.code === "forbidden");
+});
+
+test("v2 typing: one frame per interval, a burst ends with one more, a send drops it; nothing offline or to v1", async () => {
+  const env = newClient({ uid: 1 });
+  env.client.start();
+  let ws = await online(env, [], { version: 2 });
+  const typings = () => ws.frames("typing").map((f) => f.conv);
+  assert.equal(env.client.typing("d:1:2"), true, "the first call goes out at once");
+  assert.deepEqual(ws.frames("typing")[0], { type: "typing", conv: "d:1:2" });
+  env.clock.advance(300);
+  for (let i = 0; i < 10; i++) assert.equal(env.client.typing("d:1:2"), false);
+  assert.equal(env.client.typing("g:7"), true, "each conversation has its own interval");
+  assert.deepEqual(typings(), ["d:1:2", "g:7"]);
+  // The calls inside the interval become one frame at its end.
+  env.clock.advance(1699);
+  assert.deepEqual(typings(), ["d:1:2", "g:7"]);
+  env.clock.advance(1);
+  assert.deepEqual(typings(), ["d:1:2", "g:7", "d:1:2"]);
+  env.clock.advance(10000);
+  assert.equal(typings().length, 3, "nothing more without calls");
+  // Typing then sending: the frame due at the interval's end is dropped.
+  assert.equal(env.client.typing("d:1:2"), true);
+  env.clock.advance(500);
+  assert.equal(env.client.typing("d:1:2"), false);
+  env.client.send({ to: 2 }, "sent now");
+  env.clock.advance(5000);
+  assert.deepEqual(typings(), ["d:1:2", "g:7", "d:1:2", "d:1:2"]);
+  assert.equal(env.client.typing("nonsense"), false);
+  // Offline: nothing is queued, and a due frame does not go out later.
+  env.clock.advance(5000);
+  assert.equal(env.client.typing("g:7"), true);
+  env.client.typing("g:7");
+  ws.serverClose(1006);
+  assert.equal(env.client.typing("g:7"), false);
+  env.clock.advance(999);
+  ws = await online(env, [], { version: 2 });
+  env.clock.advance(5000);
+  assert.equal(ws.frames("typing").length, 0, "no frame left over from the old connection");
+  // A v1 server gets no typing frames.
+  ws.serverClose(1006);
+  env.clock.advance(1000);
+  ws = await online(env);
+  assert.equal(env.client.version, 1);
+  env.clock.advance(5000);
+  assert.equal(env.client.typing("g:7"), false);
+  assert.equal(ws.frames("typing").length, 0);
+});
+
+test("v2 typing indicator: starts, extends, expires 6 s after the last frame, ends on a message", async () => {
+  const env = newClient({ uid: 1 });
+  const seen = [];
+  env.client.on("typing", (e) => seen.push(`${e.conv}/${e.uid}/${e.typing}`));
+  env.client.on("message", ({ message }) => seen.push(`msg ${message.conv}/${message.seq}`));
+  env.client.start();
+  const ws = await online(env, [{ conv: "d:1:2", peer: 2, last_seq: 0, read_seq: 0, unread: 0 }], { version: 2 });
+  ws.recv({ type: "typing", conv: "d:1:2", uid: 2 });
+  assert.deepEqual(env.client.typers("d:1:2"), [2]);
+  env.clock.advance(5000);
+  ws.recv({ type: "typing", conv: "d:1:2", uid: 2 }); // extends, no new event
+  env.clock.advance(5999);
+  assert.deepEqual(env.client.typers("d:1:2"), [2], "6 s after the last frame, not the first");
+  env.clock.advance(1);
+  assert.deepEqual(env.client.typers("d:1:2"), []);
+  assert.deepEqual(seen, ["d:1:2/2/true", "d:1:2/2/false"]);
+  // A message from the typist ends it at once, before the message shows.
+  ws.recv({ type: "typing", conv: "d:1:2", uid: 2 });
+  ws.recv({ type: "typing", conv: "g:7", uid: 3 });
+  ws.recv({ type: "msg", conv: "d:1:2", seq: 1, from: 2, ts: 1, kind: "text", body: "hi", cmid: "c1" });
+  assert.deepEqual(seen.slice(2), ["d:1:2/2/true", "g:7/3/true", "d:1:2/2/false", "msg d:1:2/1"]);
+  assert.deepEqual(env.client.typers("g:7"), [3], "other conversations keep theirs");
+  // Own typing (another device) and malformed frames are not indicators.
+  ws.recv({ type: "typing", conv: "d:1:3", uid: 1 });
+  ws.recv({ type: "typing", conv: "d:1:3", uid: "x" });
+  assert.deepEqual(env.client.typers("d:1:3"), []);
+  env.clock.advance(6000);
+  assert.deepEqual(env.client.typers("g:7"), []);
+});
+
+test("v2 presence: subscribe, pushes, resubscribe once after every welcome, unsubscribe", async () => {
+  const env = newClient({ uid: 1 });
+  const pushes = [];
+  env.client.on("presence", ({ items }) => pushes.push(items.map((p) => `${p.uid}:${p.online ? "on" : "off"}`).join(",")));
+  env.client.start();
+  let ws = await online(env, [], { version: 2 });
+  await assert.rejects(env.client.subscribePresence([2, 0]), /positive uids/);
+  await assert.rejects(env.client.subscribePresence(Array.from({ length: 1001 }, (_, i) => i + 1)), /0 to 1000/);
+  const sp = env.client.subscribePresence([2, 3]);
+  let sub = ws.frames("presence_sub");
+  assert.deepEqual(sub.map((f) => f.uids), [[2, 3]]);
+  ws.recv({ type: "presence", rid: sub[0].rid, items: [{ uid: 2, online: true, last_seen: 0 }, { uid: 3, online: false, last_seen: 77 }] });
+  assert.deepEqual((await sp).map((p) => p.uid), [2, 3]);
+  assert.deepEqual(env.client.presence(3), { uid: 3, online: false, last_seen: 77 });
+  ws.recv({ type: "presence", items: [{ uid: 2, online: false, last_seen: 99 }, { uid: 9, online: true, last_seen: 0 }] });
+  assert.deepEqual(env.client.presence(2), { uid: 2, online: false, last_seen: 99 });
+  assert.equal(env.client.presence(9), undefined, "not subscribed");
+  assert.deepEqual(pushes, ["2:on,3:off", "2:off"]);
+
+  // Reconnect: one presence_sub with the list, sent by the client itself.
+  ws.serverClose(1006);
+  env.clock.advance(1000);
+  ws = await online(env, [], { version: 2 });
+  sub = ws.frames("presence_sub");
+  assert.deepEqual(sub.map((f) => f.uids), [[2, 3]]);
+  ws.recv({ type: "presence", rid: sub[0].rid, items: [{ uid: 2, online: true, last_seen: 0 }, { uid: 3, online: true, last_seen: 0 }] });
+  await flush();
+  assert.equal(env.client.presence(3).online, true);
+  assert.equal(pushes.at(-1), "2:on,3:on", "the resubscribe's reply shows what changed while away");
+
+  // A call made while offline is answered by the resubscribe: one frame.
+  ws.serverClose(1006);
+  const off = env.client.subscribePresence([3]);
+  assert.equal(env.client.presence(2), undefined, "dropped users are forgotten at once");
+  env.clock.advance(1000);
+  ws = await online(env, [], { version: 2 });
+  sub = ws.frames("presence_sub");
+  assert.deepEqual(sub.map((f) => f.uids), [[3]]);
+  ws.recv({ type: "presence", rid: sub[0].rid, items: [{ uid: 3, online: false, last_seen: 5 }] });
+  assert.deepEqual(await off, [{ uid: 3, online: false, last_seen: 5 }]);
+
+  // Unsubscribe: an empty list goes out, and later reconnects send nothing.
+  const un = env.client.subscribePresence([]);
+  sub = ws.frames("presence_sub");
+  assert.deepEqual(sub.at(-1).uids, []);
+  ws.recv({ type: "presence", rid: sub.at(-1).rid, items: [] });
+  assert.deepEqual(await un, []);
+  ws.serverClose(1006);
+  env.clock.advance(1000);
+  ws = await online(env, [], { version: 2 });
+  assert.equal(ws.frames("presence_sub").length, 0);
+});
+
+test("v2 presence on a v1 server rejects instead of sending", async () => {
+  const env = newClient({ uid: 1 });
+  env.client.start();
+  // Subscribed before the first welcome: the v1 welcome rejects it.
+  const early = env.client.subscribePresence([2]);
+  const ws = await online(env);
+  await assert.rejects(early, (e) => e.code === "not_supported");
+  await assert.rejects(env.client.subscribePresence([2]), (e) => e.code === "not_supported");
+  assert.equal(ws.frames("presence_sub").length, 0);
+});
+
+test("v2 history pages and convs' last messages carry decoded events; receipts work before convs lists the chat", async () => {
+  const env = newClient({ uid: 2 });
+  env.client.start();
+  const ws = env.WS.last();
+  ws.open();
+  ws.welcome({ version: 2, uid: 2 });
+  // The receipts reply comes before the catch-up's convs reply.
+  const rp = env.client.receipts("g:7");
+  ws.recv({ type: "receipts", rid: ws.frames("receipts")[0].rid, conv: "g:7", items: [{ uid: 1, read_seq: 2 }] });
+  await rp;
+  assert.deepEqual(env.client.readBy("g:7", 2), [1]);
+  const last = { conv: "g:7", seq: 2, from: 1, ts: 5, kind: "system", body: '{"event":"renamed","name":"crew"}', cmid: "sys:2" };
+  ws.recv({ type: "convs", rid: ws.frames("convs")[0].rid, items: [{ conv: "g:7", group: 7, name: "crew", last_seq: 2, read_seq: 1, unread: 1, public: false, owner: 1, last }] });
+  await flush();
+  assert.deepEqual(env.client.convs.get("g:7").last.event, { event: "renamed", name: "crew" });
+  assert.deepEqual(env.client.readBy("g:7", 2), [1], "kept by the convs reply");
+  const hp = env.client.history("g:7", { limit: 50 });
+  const h = ws.frames("history").at(-1);
+  ws.recv({ type: "history", rid: h.rid, conv: "g:7", messages: [
+    { seq: 1, from: 1, ts: 4, kind: "system", body: '{"event":"created","name":"team","public":false,"count":2}', cmid: "sys:1" },
+    { seq: 2, from: 1, ts: 5, kind: "text", body: '{"event":"left"}', cmid: "sys:x" },
+  ], more: false });
+  const res = await hp;
+  assert.equal(res.messages[0].event.event, "created");
+  assert.equal(res.messages[1].event, undefined, "kind text is never an event");
+});
