@@ -348,4 +348,3 @@ func (c *conn) send(r *request, rid []byte) {
 		c.errorReply(rid, cmid, code, msg)
 	}
 }
-

@@ -65,15 +65,15 @@ type loop struct {
 	st loopStats // hot-path counters (atomics: read by /metrics)
 
 	// REQUIRES: owning event loop for every field below.
-	conns []*conn   // every conn of this loop
-	dirty []*conn   // conns with pend frames
-	fb    frameBuf  // reply scratch
-	arena []byte    // frames queued until the next flush
-	req   request   // decoder scratch
-	cur   []entry   // entries taken from the inbox, run in order
-	pos   int       // cur[pos] is the next entry to run
-	done  int       // items of cur run since the inbox count was last settled
-	now   int64     // wheel time, read once per drain turn
+	conns []*conn  // every conn of this loop
+	dirty []*conn  // conns with pend frames
+	fb    frameBuf // reply scratch
+	arena []byte   // frames queued until the next flush
+	req   request  // decoder scratch
+	cur   []entry  // entries taken from the inbox, run in order
+	pos   int      // cur[pos] is the next entry to run
+	done  int      // items of cur run since the inbox count was last settled
+	now   int64    // wheel time, read once per drain turn
 
 	spareWins []*window  // recycled ACK windows (see takeWindow)
 	sparePend [][][]byte // recycled pend lists
@@ -119,10 +119,10 @@ type entry struct {
 	code   uint16 // entClose
 	reason string // entClose
 	items  []item
-	next   int       // items[:next] have run
-	b      *batch    // entPush
-	frames [][]byte  // entFrames
-	done   func()    // entShutdown: called once every connection is closed
+	next   int      // items[:next] have run
+	b      *batch   // entPush
+	frames [][]byte // entFrames
+	done   func()   // entShutdown: called once every connection is closed
 }
 
 // inbox is the loop's ordered, bounded queue. Every field is guarded by mu

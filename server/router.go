@@ -130,7 +130,7 @@ type batch struct {
 type router struct {
 	in      chan *batch
 	stop    chan struct{} // closed when Run returns
-	per     [][]item // per loop index: this batch's items for that loop
+	per     [][]item      // per loop index: this batch's items for that loop
 	touched []int
 }
 
