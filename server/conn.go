@@ -31,8 +31,8 @@ const (
 )
 
 // conn is the per-connection state. Every field is owned by the
-// connection's event loop (REQUIRES: owning event loop) except gc, lp,
-// uid and device: gc and lp are set before anything else can see the conn,
+// connection's event loop (REQUIRES: owning event loop) except the rt*
+// scratch (the router goroutine's) and gc, lp, uid and device: gc and lp are set before anything else can see the conn,
 // uid and device before it enters the sessions index, and none changes
 // afterwards, so the router and the workers may read them. The two wheel
 // timers are safe from any goroutine.
@@ -49,6 +49,10 @@ type conn struct {
 	retx     wheel.Timer // ACK retransmission; armed while win is non-empty
 	lastSeen int64       // wheel time of the last complete client frame
 	retxAt   int64       // deadline retx is set to (0: disarmed)
+
+	// Router scratch: touched only by the router goroutine (router.add).
+	rtMark         uint64
+	rtHead, rtTail int32
 
 	win    *window  // unacked pushes; nil while empty
 	pend   [][]byte // frames queued for the end of the current loop task

@@ -127,11 +127,26 @@ type batch struct {
 // committer does no per-recipient work. One router processes batches in
 // commit order and every inbox is FIFO, so per conversation (and per
 // connection) pushes arrive in seq order.
+//
+// Within a loop's entry the items are grouped by connection (each
+// connection's items in commit order): a connection's pushes of one batch
+// then leave in one writev, and a drain slice boundary splits at most one
+// connection's run.
 type router struct {
 	in      chan *batch
 	stop    chan struct{} // closed when Run returns
 	per     [][]item      // per loop index: this batch's items for that loop
 	touched []int
+	gen     uint64      // batch counter, marks conns in rtMark
+	nodes   []routeNode // this batch's items, chained per connection
+	order   []*conn     // connections in order of first item
+}
+
+// routeNode is one item of the batch being routed, chained to the next
+// item of the same connection (-1: last).
+type routeNode struct {
+	arg  int32
+	next int32
 }
 
 // routerQueue bounds the batches waiting for the router; when it is full
@@ -193,6 +208,7 @@ func (s *Server) route() {
 			close(b.barrier)
 			continue
 		}
+		rt.gen++
 		for i, m := range b.sends {
 			sc, _ := tagConn(m.Tag)
 			if sc != nil {
@@ -209,6 +225,7 @@ func (s *Server) route() {
 				}
 			}
 		}
+		rt.group()
 		loops := s.allLoops()
 		for _, idx := range rt.touched {
 			items := rt.per[idx]
@@ -219,18 +236,45 @@ func (s *Server) route() {
 	}
 }
 
-// add appends one item for c's loop. REQUIRES: the router goroutine.
+// add records one item for c, chained after c's earlier items of this
+// batch. REQUIRES: the router goroutine (it owns c.rt*).
 func (rt *router) add(c *conn, arg int32) {
-	idx := c.lp.idx
-	for idx >= len(rt.per) {
-		rt.per = append(rt.per, nil)
+	n := int32(len(rt.nodes))
+	rt.nodes = append(rt.nodes, routeNode{arg: arg, next: -1})
+	if c.rtMark != rt.gen {
+		c.rtMark, c.rtHead = rt.gen, n
+		rt.order = append(rt.order, c)
+	} else {
+		rt.nodes[c.rtTail].next = n
 	}
-	l := rt.per[idx]
-	if l == nil {
-		l = c.lp.takeItems()
-		rt.touched = append(rt.touched, idx)
+	c.rtTail = n
+}
+
+// group moves the batch's items into per-loop lists, each connection's
+// items together and in order. REQUIRES: the router goroutine.
+func (rt *router) group() {
+	for i, c := range rt.order {
+		rt.order[i] = nil
+		idx := c.lp.idx
+		for idx >= len(rt.per) {
+			rt.per = append(rt.per, nil)
+		}
+		l := rt.per[idx]
+		if l == nil {
+			l = c.lp.takeItems()
+			rt.touched = append(rt.touched, idx)
+		}
+		for n := c.rtHead; n >= 0; n = rt.nodes[n].next {
+			l = append(l, item{c: c, arg: rt.nodes[n].arg})
+		}
+		rt.per[idx] = l
 	}
-	rt.per[idx] = append(l, item{c: c, arg: arg})
+	rt.order = rt.order[:0]
+	if cap(rt.nodes) > 1<<20 {
+		rt.nodes = nil
+	} else {
+		rt.nodes = rt.nodes[:0]
+	}
 }
 
 // runPush runs up to budget items of a fan-out entry: the pushes to this
