@@ -60,7 +60,7 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 	var dialErr atomic.Value
 	for i := 0; i < receivers; i++ {
 		tok, _ := ts.signer.Mint(uids[i])
-		nc, br, err := rawLogin(ts.ws, tok)
+		nc, br, _, err := rawDial(ts.ws, tok)
 		if err != nil {
 			t.Fatalf("receiver %d: %v", i, err)
 		}
@@ -153,8 +153,8 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 	}
 }
 
-// seedGroup creates n users (one password hash for all) and a group of all
-// of them in a store at dir, before the server opens it.
+// seedGroup creates n users and a group of all of them in a store at dir,
+// before the server opens it (users[0] creates the group).
 func seedGroup(t testing.TB, dir string, n int) (uids []uint64, gid uint64) {
 	t.Helper()
 	st, err := storage.Open(dbDir(dir), storage.Options{Fsync: false})
@@ -162,13 +162,12 @@ func seedGroup(t testing.TB, dir string, n int) (uids []uint64, gid uint64) {
 		t.Fatal(err)
 	}
 	defer st.Close()
-	hash := HashPassword("password1")
-	for i := 0; i < n; i++ {
-		uid, err := st.CreateUser(fmt.Sprintf("u%d", i), hash)
-		if err != nil {
-			t.Fatal(err)
-		}
-		uids = append(uids, uid)
+	us := make([]storage.User, n)
+	for i := range us {
+		us[i] = storage.User{Name: fmt.Sprintf("u%d", i), Hash: []byte("x")}
+	}
+	if uids, err = st.ImportUsers(us); err != nil {
+		t.Fatal(err)
 	}
 	g, err := st.CreateGroup(uids[0], "big", uids[1:])
 	if err != nil {
@@ -177,22 +176,22 @@ func seedGroup(t testing.TB, dir string, n int) (uids []uint64, gid uint64) {
 	return uids, g.ID
 }
 
-// rawLogin opens a WebSocket with the token in the URL and reads welcome,
+// rawDial opens a WebSocket with the token in the URL and reads welcome,
 // on a bare TCP connection (cheap enough for thousands in one test).
-func rawLogin(addr, tok string) (net.Conn, *bufio.Reader, error) {
-	nc, err := net.Dial("tcp", addr)
+func rawDial(addr, tok string) (nc net.Conn, br *bufio.Reader, welcome []byte, err error) {
+	nc, err = net.Dial("tcp", addr)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	fmt.Fprintf(nc, "GET /ws?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
 		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", tok)
-	br := bufio.NewReader(nc)
+	br = bufio.NewReader(nc)
 	nc.SetReadDeadline(time.Now().Add(20 * time.Second))
 	for {
 		line, err := br.ReadString('\n')
 		if err != nil {
 			nc.Close()
-			return nil, nil, err
+			return nil, nil, nil, err
 		}
 		if line == "\r\n" {
 			break
@@ -201,9 +200,9 @@ func rawLogin(addr, tok string) (net.Conn, *bufio.Reader, error) {
 	_, p, err := wstest.ReadServerFrame(br)
 	if err != nil || !bytes.Contains(p, []byte(`"welcome"`)) {
 		nc.Close()
-		return nil, nil, fmt.Errorf("no welcome: %q %v", p, err)
+		return nil, nil, nil, fmt.Errorf("no welcome: %q %v", p, err)
 	}
-	return nc, br, nil
+	return nc, br, p, nil
 }
 
 // jsonUint returns the unsigned integer after key in p (0 if none).

@@ -151,8 +151,9 @@ type routeNode struct {
 
 // routerQueue bounds the batches waiting for the router; when it is full
 // OnSent waits (the committer's queue then fills and Submit answers
-// rate_limited).
-const routerQueue = 64
+// rate_limited). A few batches absorb the router's jitter; more would only
+// delay the backpressure (a batch holds up to storage's MaxBatch sends).
+const routerQueue = 8
 
 // onSent is the store's OnSent, on the committer goroutine: it encodes
 // each new message's msg frame once and hands the batch to the router,
