@@ -137,7 +137,7 @@ func TestFanoutSlicesServeOtherConnections(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load test")
 	}
-	const members = 6000 // about 12 slices of drainBudget
+	const members = 6000 // about 47 turns of drainConns
 	dir := t.TempDir()
 	uids, gid := seedGroup(t, dir, members+1)
 	ts := startServer(t, func(c *Config) { c.Data = dir; c.Loops = 1 })

@@ -116,7 +116,9 @@ func (s *Server) offline(c *conn) {
 
 // batch is one committed batch on its way to the loops: the sends in
 // commit order and, for each newly stored message, its encoded msg frame.
-// Read-only once built; shared by every loop it reaches.
+// Read-only once handed to a loop. A loop's fan-out entry holds a batch of
+// its own: the router merges consecutive committed batches into it while
+// the loop is busy (see router).
 type batch struct {
 	sends   []*storage.Send
 	msgs    []*pushMsg    // nil where nothing is pushed (error or duplicate)
@@ -125,25 +127,52 @@ type batch struct {
 
 // router resolves committed batches to loops on its own goroutine, so the
 // committer does no per-recipient work. One router processes batches in
-// commit order and every inbox is FIFO, so per conversation (and per
-// connection) pushes arrive in seq order.
+// commit order, and each loop's entries go into its FIFO inbox in that
+// order, so per conversation (and per connection) pushes arrive in seq
+// order.
 //
-// Within a loop's entry the items are grouped by connection (each
-// connection's items in commit order): a connection's pushes of one batch
-// then leave in one writev, and a drain slice boundary splits at most one
+// Coalescing: each loop has at most one open entry in the router. A batch
+// is merged into the open entry of every loop it reaches; an open entry is
+// handed to its loop as soon as the loop is idle (its inbox empty and not
+// draining). While a loop works through a large fan-out the next batches
+// therefore wait in one open entry instead of queueing as separate
+// entries, and the loop then writes each connection's pushes of all of
+// them with one writev: the busier the loop, the fewer syscalls per
+// delivery. An idle loop gets each batch at once, so a quiet server adds
+// no delay.
+//
+// Within an entry the items are grouped by connection (each connection's
+// items in commit order), so a drain slice boundary splits at most one
 // connection's run.
+//
+// Bounds: an open entry is full at --inbox items or maxMergedMsgs
+// messages; the router then stops taking batches until that loop is idle
+// (counted in magpie_loop_inbox_waits_total), its queue (routerQueue)
+// fills, the committer waits in OnSent (magpie_router_waits_total), its
+// own queue fills, and Submit answers rate_limited.
 type router struct {
-	in      chan *batch
-	stop    chan struct{} // closed when Run returns
-	per     [][]item      // per loop index: this batch's items for that loop
-	touched []int
-	gen     uint64      // batch counter, marks conns in rtMark
-	nodes   []routeNode // this batch's items, chained per connection
-	order   []*conn     // connections in order of first item
+	in    chan *batch
+	stop  chan struct{} // closed when Run returns
+	idle  chan struct{} // a loop went idle (cap 1; see loop.refill)
+	open  []*openEntry  // per loop index
+	gen   uint64        // open-entry counter: marks conns in rtMark
+	bgen  uint64        // batch counter: marks open entries in lastBatch
+	waits []bool        // per loop index: counted as waiting for this loop already
 }
 
-// routeNode is one item of the batch being routed, chained to the next
-// item of the same connection (-1: last).
+// openEntry is the fan-out entry the router is building for one loop.
+type openEntry struct {
+	b         batch       // merged sends and msgs; items index into them
+	nodes     []routeNode // items, chained per connection
+	order     []*conn     // connections in order of first item
+	gen       uint64
+	lastBatch uint64 // bgen of the last batch appended to b
+	base      int32  // offset of that batch in b
+	msgs      int    // messages merged
+}
+
+// routeNode is one item, chained to the next item of the same connection
+// (-1: last).
 type routeNode struct {
 	arg  int32
 	next int32
@@ -154,6 +183,11 @@ type routeNode struct {
 // rate_limited). A few batches absorb the router's jitter; more would only
 // delay the backpressure (a batch holds up to storage's MaxBatch sends).
 const routerQueue = 8
+
+// maxMergedMsgs bounds the messages of one fan-out entry, so a connection
+// gets at most this many pushes in one go (well below the default
+// --max-inflight of 1,024).
+const maxMergedMsgs = 64
 
 // onSent is the store's OnSent, on the committer goroutine: it encodes
 // each new message's msg frame once and hands the batch to the router,
@@ -181,8 +215,8 @@ func (s *Server) onSent(sends []*storage.Send) {
 }
 
 // routerBarrier returns once the router has handed every batch queued
-// before it to the loops' inboxes. Safe from any goroutine but the
-// router's and the committer's.
+// before it to the loops' inboxes (open entries included). Safe from any
+// goroutine but the router's and the committer's.
 func (s *Server) routerBarrier() {
 	b := &batch{barrier: make(chan struct{})}
 	select {
@@ -192,89 +226,133 @@ func (s *Server) routerBarrier() {
 	}
 }
 
-// route is the router goroutine: for each batch it walks the recipients
-// once, groups their connections by loop, and puts one entry into the
-// inbox of each loop that has any (and of no other loop), waiting while
-// that inbox is full.
+// route is the router goroutine (see router).
 func (s *Server) route() {
 	rt := s.rt
 	for {
-		var b *batch
-		select {
-		case b = <-rt.in:
-		case <-rt.stop:
-			return
-		}
-		if b.barrier != nil {
-			close(b.barrier)
-			continue
-		}
-		rt.gen++
-		for i, m := range b.sends {
-			sc, _ := tagConn(m.Tag)
-			if sc != nil {
-				rt.add(sc, int32(^i))
+		if rt.full(s) {
+			// Backpressure: take no batch until the loop with a full
+			// entry is idle.
+			select {
+			case <-rt.idle:
+			case <-rt.stop:
+				return
 			}
-			if b.msgs[i] == nil {
-				continue
-			}
-			for _, uid := range m.Recipients {
-				for _, rc := range s.sess.lookup(uid) {
-					if rc != sc { // the sending connection gets sent instead
-						rt.add(rc, int32(i))
-					}
+		} else {
+			select {
+			case b := <-rt.in:
+				if b.barrier != nil {
+					rt.handOver(s, true)
+					close(b.barrier)
+					continue
 				}
+				rt.routeBatch(s, b)
+			case <-rt.idle:
+			case <-rt.stop:
+				return
 			}
 		}
-		rt.group()
-		loops := s.allLoops()
-		for _, idx := range rt.touched {
-			items := rt.per[idx]
-			rt.per[idx] = nil
-			loops[idx].put(entry{kind: entPush, b: b, items: items}, true)
-		}
-		rt.touched = rt.touched[:0]
+		rt.handOver(s, false)
 	}
 }
 
-// add records one item for c, chained after c's earlier items of this
-// batch. REQUIRES: the router goroutine (it owns c.rt*).
-func (rt *router) add(c *conn, arg int32) {
-	n := int32(len(rt.nodes))
-	rt.nodes = append(rt.nodes, routeNode{arg: arg, next: -1})
-	if c.rtMark != rt.gen {
-		c.rtMark, c.rtHead = rt.gen, n
-		rt.order = append(rt.order, c)
+// routeBatch merges b into the open entries of the loops it reaches.
+// REQUIRES: the router goroutine.
+func (rt *router) routeBatch(s *Server, b *batch) {
+	rt.bgen++
+	for i, m := range b.sends {
+		sc, _ := tagConn(m.Tag)
+		if sc != nil {
+			rt.add(sc, b, i, true)
+		}
+		if b.msgs[i] == nil {
+			continue
+		}
+		for _, uid := range m.Recipients {
+			for _, rc := range s.sess.lookup(uid) {
+				if rc != sc { // the sending connection gets sent instead
+					rt.add(rc, b, i, false)
+				}
+			}
+		}
+	}
+}
+
+// add records one item for c (message i of b: a push, or the sender's
+// reply), chained after c's earlier items of its loop's open entry.
+// REQUIRES: the router goroutine (it owns c.rt*).
+func (rt *router) add(c *conn, b *batch, i int, reply bool) {
+	idx := c.lp.idx
+	for idx >= len(rt.open) {
+		rt.open = append(rt.open, nil)
+		rt.waits = append(rt.waits, false)
+	}
+	oe := rt.open[idx]
+	if oe == nil {
+		rt.gen++
+		oe = &openEntry{gen: rt.gen}
+		rt.open[idx] = oe
+	}
+	if oe.lastBatch != rt.bgen {
+		oe.lastBatch = rt.bgen
+		oe.base = int32(len(oe.b.sends))
+		oe.b.sends = append(oe.b.sends, b.sends...)
+		oe.b.msgs = append(oe.b.msgs, b.msgs...)
+		oe.msgs += len(b.sends)
+	}
+	arg := oe.base + int32(i)
+	if reply {
+		arg = ^arg
+	}
+	n := int32(len(oe.nodes))
+	oe.nodes = append(oe.nodes, routeNode{arg: arg, next: -1})
+	if c.rtMark != oe.gen {
+		c.rtMark, c.rtHead = oe.gen, n
+		oe.order = append(oe.order, c)
 	} else {
-		rt.nodes[c.rtTail].next = n
+		oe.nodes[c.rtTail].next = n
 	}
 	c.rtTail = n
 }
 
-// group moves the batch's items into per-loop lists, each connection's
-// items together and in order. REQUIRES: the router goroutine.
-func (rt *router) group() {
-	for i, c := range rt.order {
-		rt.order[i] = nil
-		idx := c.lp.idx
-		for idx >= len(rt.per) {
-			rt.per = append(rt.per, nil)
+// full reports whether an open entry has reached its bound (counting the
+// wait once per loop). REQUIRES: the router goroutine.
+func (rt *router) full(s *Server) bool {
+	full := false
+	for idx, oe := range rt.open {
+		if oe != nil && (len(oe.nodes) >= s.cfg.Inbox || oe.msgs >= maxMergedMsgs) {
+			if !rt.waits[idx] {
+				rt.waits[idx] = true
+				s.allLoops()[idx].ib.waits.Add(1)
+			}
+			full = true
 		}
-		l := rt.per[idx]
-		if l == nil {
-			l = c.lp.takeItems()
-			rt.touched = append(rt.touched, idx)
-		}
-		for n := c.rtHead; n >= 0; n = rt.nodes[n].next {
-			l = append(l, item{c: c, arg: rt.nodes[n].arg})
-		}
-		rt.per[idx] = l
 	}
-	rt.order = rt.order[:0]
-	if cap(rt.nodes) > 1<<20 {
-		rt.nodes = nil
-	} else {
-		rt.nodes = rt.nodes[:0]
+	return full
+}
+
+// handOver puts the open entry of every idle loop (of every loop when all
+// is set) into its inbox. REQUIRES: the router goroutine.
+func (rt *router) handOver(s *Server, all bool) {
+	loops := s.allLoops()
+	for idx, oe := range rt.open {
+		if oe == nil {
+			continue
+		}
+		lp := loops[idx]
+		if !all && !lp.idle() {
+			continue
+		}
+		items := lp.takeItems()
+		for _, c := range oe.order {
+			for n := c.rtHead; n >= 0; n = oe.nodes[n].next {
+				items = append(items, item{c: c, arg: oe.nodes[n].arg})
+			}
+		}
+		b := oe.b
+		lp.put(entry{kind: entPush, b: &b, items: items}, true)
+		rt.open[idx] = nil
+		rt.waits[idx] = false
 	}
 }
 
@@ -285,8 +363,11 @@ func (lp *loop) runPush(e *entry, budget int) int {
 	n := 0
 	for ; e.next < len(e.items) && n < budget; e.next++ {
 		it := e.items[e.next]
-		n++
 		c := it.c
+		if len(c.pend) == 0 && len(lp.dirty) >= drainConns {
+			break // the turn has written to enough connections
+		}
+		n++
 		if c.state != stOpen {
 			continue // closed since it was routed
 		}

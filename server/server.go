@@ -111,7 +111,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		ui:       opt.UI,
 		bootedCh: make(chan struct{}),
 		work:     make(chan func(), cfg.WorkQueue),
-		rt:       &router{in: make(chan *batch, routerQueue), stop: make(chan struct{})},
+		rt:       &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1)},
 	}
 	s.sess.init()
 	key, err := LoadSecret(cfg.Data, cfg.Secret)
