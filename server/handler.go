@@ -89,6 +89,7 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	s := h.srv
 	buf, _ := gc.Peek(-1)
+	c.lp.reads++
 	c.lp.st.bytesIn.Add(uint64(len(buf)))
 	if c.state >= stClosing {
 		_, _ = gc.Discard(len(buf))

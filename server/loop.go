@@ -65,15 +65,17 @@ type loop struct {
 	st loopStats // hot-path counters (atomics: read by /metrics)
 
 	// REQUIRES: owning event loop for every field below.
-	conns []*conn  // every conn of this loop
-	dirty []*conn  // conns with pend frames
-	fb    frameBuf // reply scratch
-	arena []byte   // frames queued until the next flush
-	req   request  // decoder scratch
-	cur   []entry  // entries taken from the inbox, run in order
-	pos   int      // cur[pos] is the next entry to run
-	done  int      // items of cur run since the inbox count was last settled
-	now   int64    // wheel time, read once per drain turn
+	conns     []*conn  // every conn of this loop
+	dirty     []*conn  // conns with pend frames
+	fb        frameBuf // reply scratch
+	arena     []byte   // frames queued until the next flush
+	req       request  // decoder scratch
+	cur       []entry  // entries taken from the inbox, run in order
+	pos       int      // cur[pos] is the next entry to run
+	done      int      // items of cur run since the inbox count was last settled
+	now       int64    // wheel time, read once per drain turn
+	reads     int      // OnTraffic calls since the last drain turn
+	turnConns int      // connections this drain turn may write to
 
 	spareWins []*window  // recycled ACK windows (see takeWindow)
 	sparePend [][][]byte // recycled pend lists
@@ -85,9 +87,13 @@ type loop struct {
 // on loopback measured 4-8 µs here, the receiver's wake-up included; the
 // per-item work is 0.1-0.2 µs), so 128 connections keep a turn near 1 ms:
 // the head-of-line delay a ping on the same loop sees while a large
-// fan-out is in progress. Items are grouped by connection, so when the
-// router merged several batches a connection takes all its pushes in one
-// writev within the same turn.
+// fan-out is in progress. When the loop served more reads than that since
+// the previous turn, the turn may write to as many connections as it
+// served: the fan-out and the loop's other connections (clients acking
+// every push, say) then share the loop about equally instead of the
+// fan-out getting one slice per epoll round. Items are grouped by
+// connection, so when the router merged several batches a connection takes
+// all its pushes in one writev within the same turn.
 const (
 	drainItems = 2048
 	drainConns = 128
@@ -339,7 +345,9 @@ func (lp *loop) takeItems() []item {
 // REQUIRES: owning event loop.
 func (lp *loop) drain() {
 	lp.now = lp.srv.wheel.Precise() // once per turn; first-send times must not be early
-	budget := drainItems
+	lp.turnConns = max(drainConns, lp.reads)
+	lp.reads = 0
+	budget := max(drainItems, lp.turnConns)
 	more := true
 	for budget > 0 {
 		if lp.pos == len(lp.cur) && !lp.refill() {

@@ -85,6 +85,7 @@ func TestCloseDuringRecipientLoop(t *testing.T) {
 		e.items = append(e.items, item{c: c, arg: 0})
 	}
 	lp.now = w.Now()
+	lp.turnConns = drainConns
 	lp.runPush(&e, drainItems)
 	lp.flush()
 

@@ -184,10 +184,14 @@ type routeNode struct {
 // delay the backpressure (a batch holds up to storage's MaxBatch sends).
 const routerQueue = 8
 
-// maxMergedMsgs bounds the messages of one fan-out entry, so a connection
-// gets at most this many pushes in one go (well below the default
-// --max-inflight of 1,024).
-const maxMergedMsgs = 64
+// maxMergedMsgs bounds the messages merged into one fan-out entry. Items
+// are grouped by connection, so the last connection of an entry waits for
+// every push of the entry to the others: the entry's size is the latency
+// its first message can add. A writev per connection costs 4-8 µs here
+// and a push about 0.3 µs, so 16 messages bring the writes down to a
+// fraction of a syscall per delivery while an entry to 10,000 members
+// still drains in about 0.1 s; more would save little and delay more.
+const maxMergedMsgs = 16
 
 // onSent is the store's OnSent, on the committer goroutine: it encodes
 // each new message's msg frame once and hands the batch to the router,
@@ -364,7 +368,7 @@ func (lp *loop) runPush(e *entry, budget int) int {
 	for ; e.next < len(e.items) && n < budget; e.next++ {
 		it := e.items[e.next]
 		c := it.c
-		if len(c.pend) == 0 && len(lp.dirty) >= drainConns {
+		if len(c.pend) == 0 && len(lp.dirty) >= lp.turnConns {
 			break // the turn has written to enough connections
 		}
 		n++
