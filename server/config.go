@@ -44,6 +44,7 @@ type Config struct {
 }
 
 // DefaultConfig returns the defaults of PROTOCOL §12.
+// Any goroutine.
 func DefaultConfig() Config {
 	return Config{
 		Listen:        ":7070",
@@ -73,6 +74,7 @@ func DefaultConfig() Config {
 
 // ParseFlags parses the `serve` flags in args into a Config. Errors name the
 // flag; -h prints the usage to out and returns flag.ErrHelp.
+// Any goroutine (the binary calls it once).
 func ParseFlags(args []string, out io.Writer) (Config, error) {
 	c := DefaultConfig()
 	fs := flag.NewFlagSet("magpie serve", flag.ContinueOnError)
@@ -138,6 +140,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 
 // Validate reports every invalid field, naming its flag, and resolves
 // IdleTimeout 0 to 3 × Heartbeat.
+// Any goroutine; it writes IdleTimeout, so not concurrently with readers of c.
 func (c *Config) Validate() error {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 3 * c.Heartbeat

@@ -124,6 +124,7 @@ func (c *conn) closeWith(code uint16, reason string) {
 }
 
 // dropTCP closes without a close frame (handshake never completed).
+// REQUIRES: owning event loop.
 func (c *conn) dropTCP() {
 	if c.state >= stClosing {
 		return
@@ -136,6 +137,7 @@ func (c *conn) dropTCP() {
 // expiry to the loop (batched per tick), never waiting.
 func (c *conn) onIdleFire() { c.lp.putExpiry(c, timerIdle) }
 
+// onRetxFire: see onIdleFire. A wheel goroutine.
 func (c *conn) onRetxFire() { c.lp.putExpiry(c, timerRetx) }
 
 // onIdle handles the idle/auth/closing deadline. REQUIRES: owning event loop.
@@ -292,6 +294,7 @@ func (c *conn) text(p []byte) {
 }
 
 // validRID reports whether rid is 1-64 bytes (PROTOCOL §4).
+// Any goroutine.
 func validRID(rid []byte) bool { return len(rid) >= 1 && len(rid) <= 64 }
 
 // send validates a send frame and queues it for the committer.

@@ -14,12 +14,14 @@ type handler struct {
 	srv *Server
 }
 
+// OnBoot runs once on the goroutine of gnet.Run, before any loop.
 func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
 	h.srv.booted(eng)
 	return gnet.None
 }
 
 // OnOpen sets up a new connection (or registers a loop's wake socket).
+// REQUIRES: owning event loop.
 func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 	s := h.srv
 	if w, ok := gc.Context().(*wakeTag); ok {
@@ -46,6 +48,7 @@ func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
 }
 
 // OnClose releases a connection: timers, window, index.
+// REQUIRES: owning event loop.
 func (h *handler) OnClose(gc gnet.Conn, _ error) gnet.Action {
 	s := h.srv
 	switch x := gc.Context().(type) {
@@ -78,6 +81,7 @@ func (h *handler) OnClose(gc gnet.Conn, _ error) gnet.Action {
 // OnTraffic reads what arrived: the upgrade request, then frames. Replies
 // are queued and flushed at the end. On the wake socket it runs one drain
 // turn of the loop's inbox instead.
+// REQUIRES: owning event loop.
 func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	c, ok := gc.Context().(*conn)
 	if !ok {

@@ -178,6 +178,7 @@ type wakeTag struct{ lp *loop }
 // connection of this loop. On failure the loop keeps using Execute
 // wake-ups (order is unaffected; a long fan-out then runs without
 // yielding to I/O between slices).
+// REQUIRES: owning event loop (newLoop).
 func (lp *loop) enrollWake() {
 	fds, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -205,6 +206,7 @@ func (lp *loop) enrollWake() {
 
 // closeWake closes the write end of the wake socket. Called once gnet has
 // stopped; later wake-ups use Execute, which then fails and is counted.
+// Run's goroutine, after gnet stopped.
 func (lp *loop) closeWake() {
 	lp.ib.mu.Lock()
 	lp.wakeOK.Store(false)

@@ -34,6 +34,7 @@ type metrics struct {
 
 var closeCodes = []uint16{1000, 1001, 1002, 1003, 1007, 1009, 4001, 4002, 4003, 4004, 4005, 4008, 4029}
 
+// newMetrics registers Magpie's series. Run, once.
 func newMetrics(queueDepth func() float64) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.connsOpen = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_connections_open", Help: "TCP connections open on the WebSocket listener."})
@@ -62,6 +63,7 @@ func newMetrics(queueDepth func() float64) *metrics {
 	return m
 }
 
+// closed counts a close code. Any goroutine.
 func (m *metrics) closed(code uint16) {
 	if c, ok := m.closeByCode[code]; ok {
 		c.Inc()
@@ -85,6 +87,7 @@ type loopCollector struct {
 	depth, waits, wakes, wakeErrs, drop, fanout *prometheus.Desc
 }
 
+// newLoopCollector returns the per-loop collector. Run, once.
 func newLoopCollector(s *Server) *loopCollector {
 	l := []string{"loop"}
 	return &loopCollector{s: s,
@@ -97,12 +100,14 @@ func newLoopCollector(s *Server) *loopCollector {
 	}
 }
 
+// Describe is prometheus.Collector's. Any goroutine.
 func (lc *loopCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{lc.depth, lc.waits, lc.wakes, lc.wakeErrs, lc.drop, lc.fanout} {
 		ch <- d
 	}
 }
 
+// Collect is prometheus.Collector's: it reads the inboxes' atomics. Any goroutine.
 func (lc *loopCollector) Collect(ch chan<- prometheus.Metric) {
 	for _, lp := range lc.s.allLoops() {
 		l := strconv.Itoa(lp.idx)
@@ -118,6 +123,7 @@ func (lc *loopCollector) Collect(ch chan<- prometheus.Metric) {
 
 // registerLoopCounters publishes the per-loop counters as sums, the
 // inboxes per loop, and the router's queue depth.
+// Run, once.
 func (s *Server) registerLoopCounters() {
 	counter := func(name, help string, field func(*loopStats) *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {

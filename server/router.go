@@ -29,10 +29,12 @@ type sessShard struct {
 	_  [32]byte // keep shards' locks off each other's cache lines
 }
 
+// shard returns uid's shard. Any goroutine.
 func (ss *sessions) shard(uid uint64) *sessShard {
 	return &ss.shards[(uid*0x9E3779B97F4A7C15)>>58]
 }
 
+// init makes the shards' maps. Run, before any connection.
 func (ss *sessions) init() {
 	for i := range ss.shards {
 		ss.shards[i].m = make(map[uint64][]*conn)
@@ -396,6 +398,7 @@ type sendTag struct {
 	rid string
 }
 
+// tagConn returns the connection and rid a send was submitted with. Any goroutine.
 func tagConn(tag any) (*conn, string) {
 	switch t := tag.(type) {
 	case *conn:
@@ -406,6 +409,7 @@ func tagConn(tag any) (*conn, string) {
 	return nil, ""
 }
 
+// ridBytes returns rid as bytes (nil when empty). Any goroutine.
 func ridBytes(rid string) []byte {
 	if rid == "" {
 		return nil

@@ -95,6 +95,7 @@ type Options struct {
 // Run opens the store, starts both listeners, prints their addresses, and
 // serves until ctx is done; then it shuts down gracefully (PROTOCOL §12).
 // It returns nil after a clean shutdown within --shutdown-grace.
+// Any goroutine; it blocks until shutdown.
 func Run(ctx context.Context, cfg Config, opt Options) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -231,10 +232,12 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	return s.shutdown(hs, gerr)
 }
 
+// dbDir is the Pebble directory under --data. Any goroutine.
 func dbDir(data string) string { return data + "/db" }
 
 // shutdown: stop accepting, answer the sends already read, close every
 // WebSocket with 1001, flush the store, exit within --shutdown-grace.
+// Run's goroutine.
 func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	deadline := time.Now().Add(s.cfg.ShutdownGrace)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -381,6 +384,7 @@ func (s *Server) wakeFailed(err error) {
 
 // ackDelay is the ack coalescing delay announced in welcome: --ack-delay,
 // at most a tenth of --ack-timeout.
+// Any goroutine.
 func (s *Server) ackDelay() time.Duration {
 	return min(s.cfg.AckDelay, s.cfg.AckTimeout/10)
 }
@@ -410,7 +414,8 @@ func (s *Server) onCommit(batch int, commit, sync time.Duration) {
 	}
 }
 
-// gnetLogger routes gnet's logs to slog.
+// gnetLogger routes gnet's logs to slog. Its methods are safe from any
+// goroutine (slog is).
 type gnetLogger struct{ l *slog.Logger }
 
 func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...), "src", "gnet") }

@@ -52,6 +52,7 @@ func (w *window) add(e inflight, maxLive int) {
 }
 
 // squeeze removes every hole, keeping the order of the live entries.
+// REQUIRES: owning event loop.
 func (w *window) squeeze() {
 	j := 0
 	for i := w.head; i < len(w.ents); i++ {
@@ -66,6 +67,7 @@ func (w *window) squeeze() {
 
 // trim drops the holes at the front (moving the rest down once they are
 // more than half the slice).
+// REQUIRES: owning event loop.
 func (w *window) trim() {
 	for w.head < len(w.ents) && w.ents[w.head].m == nil {
 		w.head++
@@ -213,6 +215,7 @@ func (c *conn) onRetx() {
 // --ack-retries 20 (2^21 − 1 ≈ 2.1e6) a T of an hour already overflows
 // int64 nanoseconds, and a wrapped, negative deadline would resend at once
 // and close the connection 4005 early. T ≥ 0, k ≤ 62.
+// Any goroutine.
 func retxDue(t0, T int64, k uint8) int64 {
 	mult := int64(1)<<(k+1) - 1
 	if T > 0 && T > (math.MaxInt64-t0)/mult {

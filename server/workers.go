@@ -91,6 +91,7 @@ func (s *Server) broadcastRead(req *conn, rid, conv string, seq, unread, total u
 // is called on the owning event loop (REQUIRES: owning event loop); the
 // closure it offloads runs on a worker.
 
+// read offloads a read mark; the read frame goes to every connection of the user (broadcastRead). REQUIRES: owning event loop.
 func (c *conn) read(r *request, rid []byte) {
 	if r.has&hasConv == 0 || r.has&hasSeq == 0 {
 		c.errorReply(rid, "", storage.BadRequest, "conv and seq are required")
@@ -108,6 +109,7 @@ func (c *conn) read(r *request, rid []byte) {
 	})
 }
 
+// convs offloads the conversation list. REQUIRES: owning event loop.
 func (c *conn) convs(rid []byte) {
 	uid, ridS := c.uid, string(rid)
 	s := c.lp.srv
@@ -121,6 +123,7 @@ func (c *conn) convs(rid []byte) {
 	})
 }
 
+// history validates and offloads a history page. REQUIRES: owning event loop.
 func (c *conn) history(r *request, rid []byte) {
 	if r.has&hasConv == 0 {
 		c.errorReply(rid, "", storage.BadRequest, "conv is required")
@@ -155,6 +158,7 @@ func (c *conn) history(r *request, rid []byte) {
 	})
 }
 
+// groupOp validates and offloads group_create, group_join, group_leave and group_members. REQUIRES: owning event loop.
 func (c *conn) groupOp(r *request, rid []byte) {
 	s := c.lp.srv
 	uid, ridS, typ := c.uid, string(rid), r.typ
