@@ -63,7 +63,7 @@ func (r *cfRaw) readUntilClose(d time.Duration) (int, []map[string]any) {
 func (r *cfRaw) tcpClosed(d time.Duration) {
 	r.t.Helper()
 	_ = r.SetReadDeadline(time.Now().Add(d))
-	if _, err := r.br.ReadByte(); err == nil {
+	if _, err := r.R.ReadByte(); err == nil {
 		r.t.Errorf("data after the close frame")
 	} else if ne, ok := err.(interface{ Timeout() bool }); ok && ne.Timeout() {
 		r.t.Errorf("TCP not closed within %v after the close frame", d)

@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/magpie-im/magpie/internal/wstest"
 )
 
 // PROTOCOL §7: delivery, ACK and retransmission.
@@ -272,8 +274,7 @@ func TestConformanceSlowConsumerOutbound(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { nc.Close() })
-		r := &cfRaw{t: t, Conn: nc}
-		r.br = cfNewReader(nc)
+		r := &cfRaw{t: t, Raw: wstest.NewRaw(nc)}
 		r.upgrade("token=" + btok + "&device=" + name)
 		if _, p, err := r.readFrame(5 * time.Second); err != nil || !strings.Contains(string(p), `"welcome"`) {
 			t.Fatalf("%s: welcome %q %v", name, p, err)

@@ -5,7 +5,6 @@ package server_test
 // /work/shared/PROTOCOL.md, speaking only the wire protocol.
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -423,33 +422,27 @@ func cfG(g int64) string { return fmt.Sprintf("g:%d", g) }
 
 // ---- raw TCP client ----
 
+// cfRaw is wstest.Raw with fatal errors.
 type cfRaw struct {
 	t testing.TB
-	net.Conn
-	br *bufio.Reader
+	*wstest.Raw
 }
 
 func cfDialRaw(t testing.TB, addr string) *cfRaw {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r, err := wstest.DialRaw(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return &cfRaw{t: t, Conn: c, br: bufio.NewReader(c)}
+	t.Cleanup(func() { r.Close() })
+	return &cfRaw{t: t, Raw: r}
 }
-
-const cfUpgradeHdrs = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 
 // handshake sends an upgrade for /ws?q and returns the response head.
 func (r *cfRaw) handshake(q string) string {
 	r.t.Helper()
-	path := "/ws"
-	if q != "" {
-		path += "?" + q
-	}
-	fmt.Fprintf(r, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", path, cfUpgradeHdrs)
-	return r.head()
+	h, _ := r.Handshake(q)
+	return h
 }
 
 func (r *cfRaw) upgrade(q string) {
@@ -457,63 +450,45 @@ func (r *cfRaw) upgrade(q string) {
 	if h := r.handshake(q); !strings.HasPrefix(h, "HTTP/1.1 101") {
 		_ = r.SetReadDeadline(time.Now().Add(time.Second))
 		body := make([]byte, 512)
-		n, _ := r.br.Read(body)
+		n, _ := r.R.Read(body)
 		r.t.Fatalf("upgrade of /ws?%s failed: %q %q", q, h, body[:n])
 	}
 }
 
 // head reads an HTTP response head.
 func (r *cfRaw) head() string {
-	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	for !strings.HasSuffix(b.String(), "\r\n\r\n") {
-		c, err := r.br.ReadByte()
-		if err != nil {
-			break
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
+	h, _ := r.Head(5 * time.Second)
+	return h
 }
 
 // frame writes one client frame, masked unless unmasked.
 func (r *cfRaw) frame(fin bool, op byte, payload []byte, masked bool) {
 	r.t.Helper()
-	if _, err := r.Write(wstest.ClientFrame(fin, op, payload, masked, [4]byte{7, 1, 9, 3})); err != nil {
+	if err := r.WriteFrame(fin, op, payload, masked, [4]byte{7, 1, 9, 3}); err != nil {
 		r.t.Fatalf("write frame: %v", err)
 	}
 }
 
 // readFrame reads one server frame within d.
 func (r *cfRaw) readFrame(d time.Duration) (op byte, payload []byte, err error) {
-	_ = r.SetReadDeadline(time.Now().Add(d))
-	return wstest.ReadServerFrame(r.br)
+	return r.ReadFrame(d)
 }
 
 // expectClose reads frames until a close frame (within d) and returns its
 // code (1005 without one); it then checks that TCP closes within 1 s.
 func (r *cfRaw) expectClose(d time.Duration) int {
 	r.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		op, p, err := r.readFrame(time.Until(deadline))
-		if err != nil {
-			r.t.Fatalf("no close frame: %v", err)
-		}
-		if op == 8 {
-			code := 1005
-			if len(p) >= 2 {
-				code = int(p[0])<<8 | int(p[1])
-			}
-			_ = r.SetReadDeadline(time.Now().Add(time.Second + cfSlack()))
-			if _, err := r.br.ReadByte(); err == nil {
-				r.t.Errorf("data after the close frame")
-			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				r.t.Errorf("TCP not closed within 1s after the close frame")
-			}
-			return code
-		}
+	code, after, open, err := r.ReadClose(d, time.Second+cfSlack())
+	if err != nil {
+		r.t.Fatalf("no close frame: %v", err)
 	}
+	if after {
+		r.t.Errorf("data after the close frame")
+	}
+	if open {
+		r.t.Errorf("TCP not closed within 1s after the close frame")
+	}
+	return code
 }
 
 // ---- process inspection ----
@@ -560,8 +535,6 @@ func cfTCPState(t testing.TB, local, remote *net.TCPAddr) (state string, txq, rx
 	}
 	return "", 0, 0, false
 }
-
-func cfNewReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 
 // cfLag measures how late this process's own timers fire while a timing
 // check runs: on a loaded machine the server's timers are delayed alike,

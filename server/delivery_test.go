@@ -1,10 +1,8 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"net"
 	"strconv"
 	"strings"
 	"sync"
@@ -102,10 +100,11 @@ func TestSendErrorDoesNotOvertakeSent(t *testing.T) {
 func TestPongAfterEarlierReplies(t *testing.T) {
 	ts := startServer(t, nil)
 	_, tok := ts.user("pong")
-	nc, br, _, err := rawDial(ts.ws, tok)
+	nc, _, err := rawDial(ts.ws, tok)
 	if err != nil {
 		t.Fatal(err)
 	}
+	br := nc.R
 	defer nc.Close()
 	key := [4]byte{9, 8, 7, 6}
 	var b []byte
@@ -263,7 +262,7 @@ func TestInboxBackpressure(t *testing.T) {
 			f := fmt.Sprintf(`{"type":"send","cmid":"c%d-%d","group":%d,"body":"x"}`, k, i, gid)
 			b = append(b, wstest.ClientFrame(true, 1, []byte(f), true, pub.key)...)
 		}
-		if _, err := pub.nc.Write(b); err != nil {
+		if _, err := pub.Write(b); err != nil {
 			t.Fatal(err)
 		}
 		time.Sleep(2 * time.Millisecond) // pacing the load, not synchronisation
@@ -334,30 +333,29 @@ func TestWelcomeAnnouncesAckPacing(t *testing.T) {
 	}
 }
 
-// rawPeer is a WebSocket client on a bare TCP connection, cheap enough for
-// thousands in one test.
+// rawPeer is an authenticated wstest.Raw, cheap enough for thousands in
+// one test.
 type rawPeer struct {
-	nc      net.Conn
-	br      *bufio.Reader
+	*wstest.Raw
 	key     [4]byte
 	welcome []byte
 }
 
 func dialPeer(t testing.TB, ts *testServer, uid uint64) *rawPeer {
 	t.Helper()
-	nc, br, welcome, err := rawDial(ts.ws, mustMint(ts, uid))
+	r, welcome, err := rawDial(ts.ws, mustMint(ts, uid))
 	if err != nil {
 		t.Fatalf("uid %d: %v", uid, err)
 	}
-	t.Cleanup(func() { nc.Close() })
-	return &rawPeer{nc: nc, br: br, key: [4]byte{byte(uid), 1, 2, 3}, welcome: welcome}
+	t.Cleanup(func() { r.Close() })
+	return &rawPeer{Raw: r, key: [4]byte{byte(uid), 1, 2, 3}, welcome: welcome}
 }
 
 // nextText returns the next text message (within 60 s).
 func (p *rawPeer) nextText() ([]byte, error) {
-	p.nc.SetReadDeadline(time.Now().Add(60 * time.Second))
+	p.SetReadDeadline(time.Now().Add(60 * time.Second))
 	for {
-		op, b, err := wstest.ReadServerFrame(p.br)
+		op, b, err := wstest.ReadServerFrame(p.R)
 		if err != nil {
 			return nil, err
 		}
@@ -381,5 +379,5 @@ func (p *rawPeer) nextMsg() (uint64, error) {
 }
 
 func (p *rawPeer) write(s string) {
-	_, _ = p.nc.Write(wstest.ClientFrame(true, 1, []byte(s), true, p.key))
+	_ = p.WriteFrame(true, 1, []byte(s), true, p.key)
 }

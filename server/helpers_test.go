@@ -4,11 +4,8 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
-	"net"
 	"net/http"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -257,86 +254,63 @@ func num(v any) uint64 {
 	return uint64(f)
 }
 
-// rawConn is a TCP connection for protocol-violation tests.
+// rawConn is a TCP connection for protocol-violation tests (wstest.Raw
+// with fatal errors).
 type rawConn struct {
 	t testing.TB
-	net.Conn
+	*wstest.Raw
 }
 
 func dialRaw(t testing.TB, addr string) *rawConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r, err := wstest.DialRaw(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return &rawConn{t: t, Conn: c}
+	t.Cleanup(func() { r.Close() })
+	return &rawConn{t: t, Raw: r}
 }
 
 // upgrade performs a valid handshake on path with query q.
 func (r *rawConn) upgrade(q string) {
 	r.t.Helper()
-	path := "/ws"
-	if q != "" {
-		path += "?" + q
-	}
-	fmt.Fprintf(r, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path)
-	resp := r.readHTTP()
-	if !strings.HasPrefix(resp, "HTTP/1.1 101") {
-		r.t.Fatalf("upgrade failed: %q", resp)
+	if err := r.Upgrade(q); err != nil {
+		r.t.Fatal(err)
 	}
 }
 
 // readHTTP reads one HTTP response head.
 func (r *rawConn) readHTTP() string {
-	r.t.Helper()
-	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var b []byte
-	one := make([]byte, 1)
-	for !bytes.HasSuffix(b, []byte("\r\n\r\n")) {
-		if _, err := r.Read(one); err != nil {
-			return string(b)
-		}
-		b = append(b, one[0])
-	}
-	return string(b)
+	h, _ := r.Head(5 * time.Second)
+	return h
 }
 
 // frame writes a client frame (masked unless unmasked is set).
 func (r *rawConn) frame(fin bool, op byte, payload []byte, masked bool) {
 	r.t.Helper()
-	if _, err := r.Write(wstest.ClientFrame(fin, op, payload, masked, [4]byte{1, 2, 3, 4})); err != nil {
+	if err := r.WriteFrame(fin, op, payload, masked, [4]byte{1, 2, 3, 4}); err != nil {
 		r.t.Fatalf("write frame: %v", err)
 	}
 }
 
 // readFrame reads one server frame (unmasked) within 5 s.
 func (r *rawConn) readFrame() (op byte, payload []byte, err error) {
-	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	return wstest.ReadServerFrame(r)
+	return r.ReadFrame(5 * time.Second)
 }
 
 // expectClose reads frames until a close frame and returns its code, and
 // checks that TCP is closed afterwards.
 func (r *rawConn) expectClose() int {
 	r.t.Helper()
-	for {
-		op, p, err := r.readFrame()
-		if err != nil {
-			r.t.Fatalf("no close frame: %v", err)
-		}
-		if op == 8 {
-			code := 1005
-			if len(p) >= 2 {
-				code = int(p[0])<<8 | int(p[1])
-			}
-			_ = r.SetReadDeadline(time.Now().Add(2 * time.Second))
-			if _, err := r.Read(make([]byte, 1)); err == nil {
-				r.t.Errorf("data after close frame")
-			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				r.t.Errorf("TCP not closed within 2s after close frame")
-			}
-			return code
-		}
+	code, after, open, err := r.ReadClose(5*time.Second, 2*time.Second)
+	if err != nil {
+		r.t.Fatalf("no close frame: %v", err)
 	}
+	if after {
+		r.t.Errorf("data after close frame")
+	}
+	if open {
+		r.t.Errorf("TCP not closed within 2s after close frame")
+	}
+	return code
 }

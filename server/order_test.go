@@ -1,10 +1,8 @@
 package server
 
 import (
-	"bufio"
 	"bytes"
 	"fmt"
-	"net"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -60,10 +58,11 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 	var dialErr atomic.Value
 	for i := 0; i < receivers; i++ {
 		tok, _ := ts.signer.Mint(uids[i])
-		nc, br, _, err := rawDial(ts.ws, tok)
+		nc, _, err := rawDial(ts.ws, tok)
 		if err != nil {
 			t.Fatalf("receiver %d: %v", i, err)
 		}
+		br := nc.R
 		t.Cleanup(func() { nc.Close() })
 		wg.Add(1)
 		ready.Add(1)
@@ -176,33 +175,23 @@ func seedGroup(t testing.TB, dir string, n int) (uids []uint64, gid uint64) {
 	return uids, g.ID
 }
 
-// rawDial opens a WebSocket with the token in the URL and reads welcome,
-// on a bare TCP connection (cheap enough for thousands in one test).
-func rawDial(addr, tok string) (nc net.Conn, br *bufio.Reader, welcome []byte, err error) {
-	nc, err = net.Dial("tcp", addr)
+// rawDial opens a WebSocket with the token in the URL on a bare TCP
+// connection (cheap enough for thousands in one test) and reads welcome.
+func rawDial(addr, tok string) (*wstest.Raw, []byte, error) {
+	r, err := wstest.DialRaw(addr)
 	if err != nil {
-		return nil, nil, nil, err
+		return nil, nil, err
 	}
-	fmt.Fprintf(nc, "GET /ws?token=%s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"+
-		"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", tok)
-	br = bufio.NewReader(nc)
-	nc.SetReadDeadline(time.Now().Add(20 * time.Second))
-	for {
-		line, err := br.ReadString('\n')
-		if err != nil {
-			nc.Close()
-			return nil, nil, nil, err
-		}
-		if line == "\r\n" {
-			break
-		}
+	if err := r.Upgrade("token=" + tok); err != nil {
+		r.Close()
+		return nil, nil, err
 	}
-	_, p, err := wstest.ReadServerFrame(br)
+	_, p, err := r.ReadFrame(20 * time.Second)
 	if err != nil || !bytes.Contains(p, []byte(`"welcome"`)) {
-		nc.Close()
-		return nil, nil, nil, fmt.Errorf("no welcome: %q %v", p, err)
+		r.Close()
+		return nil, nil, fmt.Errorf("no welcome: %q %v", p, err)
 	}
-	return nc, br, p, nil
+	return r, p, nil
 }
 
 // jsonUint returns the unsigned integer after key in p (0 if none).
