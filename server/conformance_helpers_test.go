@@ -478,17 +478,7 @@ func (r *cfRaw) readFrame(d time.Duration) (op byte, payload []byte, err error) 
 // code (1005 without one); it then checks that TCP closes within 1 s.
 func (r *cfRaw) expectClose(d time.Duration) int {
 	r.t.Helper()
-	code, after, open, err := r.ReadClose(d, time.Second+cfSlack())
-	if err != nil {
-		r.t.Fatalf("no close frame: %v", err)
-	}
-	if after {
-		r.t.Errorf("data after the close frame")
-	}
-	if open {
-		r.t.Errorf("TCP not closed within 1s after the close frame")
-	}
-	return code
+	return r.ExpectClose(r.t, d, time.Second+cfSlack())
 }
 
 // ---- process inspection ----

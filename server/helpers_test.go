@@ -302,15 +302,5 @@ func (r *rawConn) readFrame() (op byte, payload []byte, err error) {
 // checks that TCP is closed afterwards.
 func (r *rawConn) expectClose() int {
 	r.t.Helper()
-	code, after, open, err := r.ReadClose(5*time.Second, 2*time.Second)
-	if err != nil {
-		r.t.Fatalf("no close frame: %v", err)
-	}
-	if after {
-		r.t.Errorf("data after close frame")
-	}
-	if open {
-		r.t.Errorf("TCP not closed within 2s after close frame")
-	}
-	return code
+	return r.ExpectClose(r.t, 5*time.Second, 2*time.Second)
 }

@@ -133,16 +133,9 @@ func (c *conn) history(r *request, rid []byte) {
 		c.errorReply(rid, "", storage.BadRequest, "at most one of after and before")
 		return
 	}
-	limit := int64(50)
-	if r.has&hasLimit != 0 {
-		limit = r.limit
-		if limit < 1 {
-			c.errorReply(rid, "", storage.BadRequest, "limit must be at least 1")
-			return
-		}
-		if limit > 200 {
-			limit = 200
-		}
+	limit, ok := c.limitArg(r, rid, 50, 200)
+	if !ok {
+		return
 	}
 	q := storage.HistoryQuery{Conv: string(r.conv), After: r.after, HasAfter: r.has&hasAfter != 0,
 		Before: r.before, HasBefore: r.has&hasBefore != 0, Limit: int(limit)}
@@ -182,14 +175,10 @@ func (c *conn) groupOp(r *request, rid []byte) {
 			c.errorReply(rid, "", storage.BadRequest, "group is required")
 			return
 		}
-		if typ == tGroupMembers && r.has&hasLimit != 0 {
-			limit = r.limit
-			if limit < 1 {
-				c.errorReply(rid, "", storage.BadRequest, "limit must be at least 1")
+		if typ == tGroupMembers {
+			var ok bool
+			if limit, ok = c.limitArg(r, rid, limit, 10000); !ok {
 				return
-			}
-			if limit > 10000 {
-				limit = 10000
 			}
 		}
 	}
@@ -217,4 +206,18 @@ func (c *conn) groupOp(r *request, rid []byte) {
 		}
 		s.replyTo(c, textFrame(appendGroup(nil, []byte(ridS), &g, list)))
 	})
+}
+
+// limitArg returns the request's limit (def when absent, capped at most),
+// or answers bad_request for a limit below 1 and reports false.
+// REQUIRES: owning event loop.
+func (c *conn) limitArg(r *request, rid []byte, def, most int64) (int64, bool) {
+	if r.has&hasLimit == 0 {
+		return def, true
+	}
+	if r.limit < 1 {
+		c.errorReply(rid, "", storage.BadRequest, "limit must be at least 1")
+		return 0, false
+	}
+	return min(r.limit, most), true
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"testing"
 	"time"
 )
 
@@ -86,6 +87,23 @@ func (r *Raw) WriteFrame(fin bool, op byte, payload []byte, masked bool, key [4]
 func (r *Raw) ReadFrame(d time.Duration) (op byte, payload []byte, err error) {
 	_ = r.SetReadDeadline(time.Now().Add(d))
 	return ReadServerFrame(r.R)
+}
+
+// ExpectClose is ReadClose for tests: it fails t without a close frame and
+// reports data after it or TCP still open closeWithin later.
+func (r *Raw) ExpectClose(t testing.TB, d, closeWithin time.Duration) int {
+	t.Helper()
+	code, after, open, err := r.ReadClose(d, closeWithin)
+	if err != nil {
+		t.Fatalf("no close frame: %v", err)
+	}
+	if after {
+		t.Errorf("data after the close frame")
+	}
+	if open {
+		t.Errorf("TCP not closed within %v after the close frame", closeWithin)
+	}
+	return code
 }
 
 // ReadClose reads frames until a close frame (within d) and returns its
