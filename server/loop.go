@@ -147,7 +147,6 @@ type inbox struct {
 	scheduled bool // a wake-up is outstanding or the loop is draining
 	dead      bool // gnet stopped: nothing will drain again
 	waiters   int
-	spare     [][]item
 
 	depth    atomic.Int64
 	waits    atomic.Uint64 // producer waits on a full inbox
@@ -294,7 +293,7 @@ func (lp *loop) putExpiry(c *conn, timer int32) {
 		ib.q[k-1].items = append(ib.q[k-1].items, item{c, timer})
 		ib.items++
 	} else {
-		ib.q = append(ib.q, entry{kind: entExpiry, items: append(ib.takeSpareLocked(), item{c, timer})})
+		ib.q = append(ib.q, entry{kind: entExpiry, items: append(takeItems(), item{c, timer})})
 		ib.items += 2
 	}
 	ib.depth.Store(int64(ib.items))
@@ -305,20 +304,16 @@ func (lp *loop) putExpiry(c *conn, timer int32) {
 	ib.mu.Unlock()
 }
 
-// Item lists are recycled through the inbox: the loop gives back the lists
-// of the entries it has run, producers take them for new entries.
-const (
-	spareItemLists = 8
-	spareItemCap   = 1 << 16
-)
+// Item lists are recycled through a sync.Pool: the loop gives back the
+// lists of the entries it has run, producers take them for new entries, so
+// a steady fan-out does not allocate its item lists, and the GC reclaims
+// them when traffic stops.
+var itemLists sync.Pool // of *[]item
 
-// takeSpareLocked returns an empty item list. REQUIRES: ib.mu.
-func (ib *inbox) takeSpareLocked() []item {
-	if n := len(ib.spare); n > 0 {
-		l := ib.spare[n-1]
-		ib.spare[n-1] = nil
-		ib.spare = ib.spare[:n-1]
-		return l
+// takeItems returns an empty item list. Any goroutine.
+func takeItems() []item {
+	if p, ok := itemLists.Get().(*[]item); ok {
+		return (*p)[:0]
 	}
 	return nil
 }
@@ -329,15 +324,6 @@ func (lp *loop) idle() bool {
 	lp.ib.mu.Lock()
 	defer lp.ib.mu.Unlock()
 	return lp.ib.dead || !lp.ib.scheduled
-}
-
-// takeItems returns an empty item list for a new entry. Safe from any
-// goroutine.
-func (lp *loop) takeItems() []item {
-	lp.ib.mu.Lock()
-	l := lp.ib.takeSpareLocked()
-	lp.ib.mu.Unlock()
-	return l
 }
 
 // drain runs inbox entries in order for one turn (drainItems items,
@@ -431,15 +417,12 @@ func (lp *loop) settleLocked() {
 func (lp *loop) release(e *entry) {
 	l := e.items
 	*e = entry{}
-	if cap(l) == 0 || cap(l) > spareItemCap {
+	if cap(l) == 0 {
 		return
 	}
 	clear(l)
-	lp.ib.mu.Lock()
-	if len(lp.ib.spare) < spareItemLists {
-		lp.ib.spare = append(lp.ib.spare, l[:0])
-	}
-	lp.ib.mu.Unlock()
+	l = l[:0]
+	itemLists.Put(&l)
 }
 
 // run runs up to budget items of e and returns how many it ran (at least

@@ -157,6 +157,7 @@ type router struct {
 	stop  chan struct{} // closed when Run returns
 	idle  chan struct{} // a loop went idle (cap 1; see loop.refill)
 	open  []*openEntry  // per loop index
+	free  []*openEntry  // handed-over entries, for reuse of nodes and order
 	gen   uint64        // open-entry counter: marks conns in rtMark
 	bgen  uint64        // batch counter: marks open entries in lastBatch
 	waits []bool        // per loop index: counted as waiting for this loop already
@@ -295,8 +296,14 @@ func (rt *router) add(c *conn, b *batch, i int, reply bool) {
 	}
 	oe := rt.open[idx]
 	if oe == nil {
+		if n := len(rt.free); n > 0 {
+			oe = rt.free[n-1]
+			rt.free = rt.free[:n-1]
+		} else {
+			oe = &openEntry{}
+		}
 		rt.gen++
-		oe = &openEntry{gen: rt.gen}
+		oe.gen = rt.gen
 		rt.open[idx] = oe
 	}
 	if oe.lastBatch != rt.bgen {
@@ -349,7 +356,7 @@ func (rt *router) handOver(s *Server, all bool) {
 		if !all && !lp.idle() {
 			continue
 		}
-		items := lp.takeItems()
+		items := takeItems()
 		for _, c := range oe.order {
 			for n := c.rtHead; n >= 0; n = oe.nodes[n].next {
 				items = append(items, item{c: c, arg: oe.nodes[n].arg})
@@ -359,6 +366,12 @@ func (rt *router) handOver(s *Server, all bool) {
 		lp.put(entry{kind: entPush, b: &b, items: items}, true)
 		rt.open[idx] = nil
 		rt.waits[idx] = false
+		// The batch's slices went to the loop; nodes and order stay here.
+		clear(oe.order)
+		*oe = openEntry{nodes: oe.nodes[:0], order: oe.order[:0]}
+		if len(rt.free) < 4 && cap(oe.nodes) <= 1<<20 {
+			rt.free = append(rt.free, oe)
+		}
 	}
 }
 
