@@ -15,7 +15,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -166,69 +165,29 @@ func cfNum(v any) int64 {
 
 // ---- WebSocket client ----
 
-type cfFrame struct {
-	raw []byte
-	m   map[string]any
-}
+type cfFrame = wstest.Frame
 
-// cfConn is a conformance client on gorilla/websocket with a reader goroutine.
+// cfConn is wstest.Client with fatal errors; it echoes the server's close
+// frame as RFC 6455 asks. c is its connection.
 type cfConn struct {
 	t    testing.TB
 	name string
-	c    *websocket.Conn
-	in   chan cfFrame
-	done chan struct{}
-	wmu  sync.Mutex
-	mu   sync.Mutex
-	code int
+	*wstest.Client
+	c *websocket.Conn
 }
 
 // cfDialWS dials url; it returns the HTTP status on handshake failure.
 func cfDialWS(t testing.TB, url string, hdr http.Header) (*cfConn, int, error) {
 	t.Helper()
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-	c, resp, err := d.Dial(url, hdr)
+	c, st, err := wstest.Dial(url, wstest.ClientOptions{Header: hdr, HandshakeTimeout: 5 * time.Second, EchoClose: true,
+		OnBad: func(typ int, p []byte) {
+			t.Errorf("server sent a non-JSON-object message (type %d): %q", typ, p)
+		}})
 	if err != nil {
-		st := 0
-		if resp != nil {
-			st = resp.StatusCode
-		}
 		return nil, st, err
 	}
-	x := &cfConn{t: t, c: c, in: make(chan cfFrame, 8192), done: make(chan struct{}), code: -1}
-	c.SetCloseHandler(func(code int, text string) error {
-		x.mu.Lock()
-		x.code = code
-		x.mu.Unlock()
-		x.wmu.Lock()
-		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
-		x.wmu.Unlock()
-		return nil
-	})
-	go func() {
-		defer close(x.done)
-		for {
-			typ, p, err := c.ReadMessage()
-			if err != nil {
-				x.mu.Lock()
-				if ce, ok := err.(*websocket.CloseError); ok {
-					x.code = ce.Code
-				} else if x.code == -1 {
-					x.code = 1006
-				}
-				x.mu.Unlock()
-				return
-			}
-			var m map[string]any
-			if typ != websocket.TextMessage || json.Unmarshal(p, &m) != nil {
-				t.Errorf("server sent a non-JSON-object message (type %d): %q", typ, p)
-				continue
-			}
-			x.in <- cfFrame{raw: p, m: m}
-		}
-	}()
-	t.Cleanup(func() { c.Close() })
-	return x, 101, nil
+	t.Cleanup(func() { c.Conn.Close() })
+	return &cfConn{t: t, Client: c, c: c.Conn}, 101, nil
 }
 
 func cfDial(t testing.TB, url string) *cfConn {
@@ -254,48 +213,26 @@ func (s *cfServer) connect(t testing.TB, tok string, q ...string) *cfConn {
 	return c
 }
 
-func (c *cfConn) write(typ int, b []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.c.WriteMessage(typ, b)
-}
+func (c *cfConn) write(typ int, b []byte) error { return c.Write(typ, b) }
 
 // send writes v as a text message (a string or []byte verbatim).
 func (c *cfConn) send(v any) {
 	c.t.Helper()
-	var b []byte
-	switch x := v.(type) {
-	case string:
-		b = []byte(x)
-	case []byte:
-		b = x
-	default:
-		var err error
-		if b, err = json.Marshal(v); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	if err := c.write(websocket.TextMessage, b); err != nil {
+	if err := c.Send(v); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
 }
 
 func (c *cfConn) nextFrame(within time.Duration) cfFrame {
 	c.t.Helper()
-	select {
-	case f := <-c.in:
-		return f
-	case <-c.done:
-		select {
-		case f := <-c.in:
-			return f
-		default:
-		}
+	f, err := c.Next(within)
+	if err == wstest.ErrClosed {
 		c.t.Fatalf("%sconnection closed (code %d) while waiting for a frame", c.label(), c.closeCode())
-	case <-time.After(within):
-		c.t.Fatalf("%sno frame within %v", c.label(), within)
 	}
-	return cfFrame{}
+	if err != nil {
+		c.t.Fatalf("%s%v", c.label(), err)
+	}
+	return f
 }
 
 func (c *cfConn) label() string {
@@ -308,7 +245,7 @@ func (c *cfConn) label() string {
 // next returns the next frame within 5 s.
 func (c *cfConn) next() map[string]any {
 	c.t.Helper()
-	return c.nextFrame(5 * time.Second).m
+	return c.nextFrame(5 * time.Second).M
 }
 
 // expect returns the next frame and fails unless its type is typ.
@@ -349,10 +286,8 @@ func cfCheckRID(t testing.TB, m map[string]any, rid string) {
 // does NOT happen).
 func (c *cfConn) quiet(d time.Duration) {
 	c.t.Helper()
-	select {
-	case f := <-c.in:
-		c.t.Fatalf("%sunexpected frame %s", c.label(), f.raw)
-	case <-time.After(d):
+	if f, ok := c.Quiet(d); ok {
+		c.t.Fatalf("%sunexpected frame %s", c.label(), f.Raw)
 	}
 }
 
@@ -368,29 +303,25 @@ func (c *cfConn) ping() {
 
 func (c *cfConn) waitClose(within time.Duration) int {
 	c.t.Helper()
-	select {
-	case <-c.done:
-		return c.closeCode()
-	case <-time.After(within):
+	if !c.WaitClosed(within) {
 		c.t.Fatalf("%sconnection not closed within %v", c.label(), within)
 	}
-	return 0
+	return c.closeCode()
 }
 
-// waitCloseDrain skips frames until the close.
-func (c *cfConn) isClosed() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *cfConn) isClosed() bool { return c.Closed() }
 
+// closeCode is the server's close code: -1 while open, 1006 when the
+// connection ended without a close frame.
 func (c *cfConn) closeCode() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.code
+	code, err := c.CloseCode()
+	switch {
+	case code != 0:
+		return code
+	case err == nil:
+		return -1
+	}
+	return 1006
 }
 
 // sendMsg sends a message and returns its sent frame.

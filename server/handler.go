@@ -93,7 +93,9 @@ func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
 	}
 	s := h.srv
 	buf, _ := gc.Peek(-1)
-	c.lp.reads++
+	if c.lp.draining {
+		c.lp.reads++ // reads between drain turns size the next turn
+	}
 	c.lp.st.bytesIn.Add(uint64(len(buf)))
 	if c.state >= stClosing {
 		_, _ = gc.Discard(len(buf))

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"io"
 	"net/http"
-	"sync"
 	"testing"
 	"time"
 
@@ -114,55 +113,23 @@ func (ts *testServer) user(name string) (uint64, string) {
 	return uid, tok
 }
 
-// wsClient is a test client on gorilla/websocket with a reader goroutine.
+// wsClient is wstest.Client with fatal errors; c is its connection.
 type wsClient struct {
-	t      testing.TB
-	c      *websocket.Conn
-	in     chan map[string]any
-	closed chan struct{}
-	mu     sync.Mutex
-	code   int // close code received
+	t testing.TB
+	*wstest.Client
+	c *websocket.Conn
 }
 
 func dialWS(t testing.TB, url string) *wsClient {
 	t.Helper()
-	c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	c, st, err := wstest.Dial(url, wstest.ClientOptions{OnBad: func(_ int, p []byte) {
+		t.Errorf("server sent invalid JSON %q", p)
+	}})
 	if err != nil {
-		st := 0
-		if resp != nil {
-			st = resp.StatusCode
-		}
 		t.Fatalf("dial %s: %v (HTTP %d)", url, err, st)
 	}
-	wc := &wsClient{t: t, c: c, in: make(chan map[string]any, 4096), closed: make(chan struct{})}
-	c.SetCloseHandler(func(code int, text string) error {
-		wc.mu.Lock()
-		wc.code = code
-		wc.mu.Unlock()
-		return nil
-	})
-	go func() {
-		defer close(wc.closed)
-		for {
-			_, p, err := c.ReadMessage()
-			if err != nil {
-				if ce, ok := err.(*websocket.CloseError); ok {
-					wc.mu.Lock()
-					wc.code = ce.Code
-					wc.mu.Unlock()
-				}
-				return
-			}
-			var m map[string]any
-			if err := json.Unmarshal(p, &m); err != nil {
-				t.Errorf("server sent invalid JSON %q", p)
-				return
-			}
-			wc.in <- m
-		}
-	}()
-	t.Cleanup(func() { c.Close() })
-	return wc
+	t.Cleanup(func() { c.Conn.Close() })
+	return &wsClient{t: t, Client: c, c: c.Conn}
 }
 
 // login dials with the token in the URL and waits for welcome.
@@ -178,14 +145,7 @@ func login(t testing.TB, ts *testServer, tok string) *wsClient {
 
 func (c *wsClient) send(v any) {
 	c.t.Helper()
-	var b []byte
-	switch x := v.(type) {
-	case string:
-		b = []byte(x)
-	default:
-		b, _ = json.Marshal(v)
-	}
-	if err := c.c.WriteMessage(websocket.TextMessage, b); err != nil {
+	if err := c.Send(v); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
 }
@@ -193,20 +153,14 @@ func (c *wsClient) send(v any) {
 // next returns the next frame within 5 s.
 func (c *wsClient) next() map[string]any {
 	c.t.Helper()
-	select {
-	case m := <-c.in:
-		return m
-	case <-c.closed:
-		select {
-		case m := <-c.in:
-			return m
-		default:
-		}
+	f, err := c.Next(5 * time.Second)
+	if err == wstest.ErrClosed {
 		c.t.Fatalf("connection closed (code %d) while waiting for a frame", c.closeCode())
-	case <-time.After(5 * time.Second):
-		c.t.Fatal("no frame within 5s")
 	}
-	return nil
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return f.M
 }
 
 // nextType skips frames until one of type typ.
@@ -223,29 +177,23 @@ func (c *wsClient) nextType(typ string) map[string]any {
 // waitClose waits for the connection to close and returns the close code.
 func (c *wsClient) waitClose(within time.Duration) int {
 	c.t.Helper()
-	select {
-	case <-c.closed:
-		return c.closeCode()
-	case <-time.After(within):
+	if !c.WaitClosed(within) {
 		c.t.Fatalf("connection not closed within %v", within)
 	}
-	return 0
+	return c.closeCode()
 }
 
 func (c *wsClient) closeCode() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.code
+	code, _ := c.CloseCode()
+	return code
 }
 
 // expectQuiet asserts that no frame arrives for d (used only to check that
 // something does NOT happen; never to wait for something that should).
 func (c *wsClient) expectQuiet(d time.Duration) {
 	c.t.Helper()
-	select {
-	case m := <-c.in:
-		c.t.Fatalf("unexpected frame %v", m)
-	case <-time.After(d):
+	if f, ok := c.Quiet(d); ok {
+		c.t.Fatalf("unexpected frame %v", f.M)
 	}
 }
 

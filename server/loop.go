@@ -74,7 +74,8 @@ type loop struct {
 	pos       int      // cur[pos] is the next entry to run
 	done      int      // items of cur run since the inbox count was last settled
 	now       int64    // wheel time, read once per drain turn
-	reads     int      // OnTraffic calls since the last drain turn
+	reads     int      // OnTraffic calls since the last drain turn, while one is pending
+	draining  bool     // a drain turn ended with work left (the next wake-up is sent)
 	turnConns int      // connections this drain turn may write to
 
 	spareWins []*window  // recycled ACK windows (see takeWindow)
@@ -351,6 +352,7 @@ func (lp *loop) drain() {
 		lp.release(e)
 		lp.pos++
 	}
+	lp.draining = more
 	if more {
 		ib := &lp.ib
 		ib.mu.Lock()

@@ -117,13 +117,12 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 			for k := 0; k < perPub; k++ {
 				pc.send(map[string]any{"type": "send", "cmid": fmt.Sprintf("p%d-%d", p, k), "group": gid, "body": "burst"})
 				for {
-					var m map[string]any
-					select {
-					case m = <-pc.in:
-					case <-time.After(60 * time.Second):
-						t.Errorf("publisher %d: no sent for message %d", p, k)
+					f, err := pc.Next(60 * time.Second)
+					if err != nil {
+						t.Errorf("publisher %d: no sent for message %d: %v", p, k, err)
 						return
 					}
+					m := f.M
 					if m["type"] == "sent" {
 						break
 					}
