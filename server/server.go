@@ -275,7 +275,13 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 			wg.Done()
 		}
 	}
-	wg.Wait()
+	closed := make(chan struct{})
+	go func() { wg.Wait(); close(closed) }()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		return errors.New("shutdown grace exceeded while closing connections")
+	}
 	// Give close frames a moment to leave, then stop gnet.
 	// CountConnections reads gnet's list of loops, which gnet fills after
 	// OnBoot, on its own goroutine: only the shutdown entries above, run
