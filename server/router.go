@@ -356,23 +356,36 @@ func (rt *router) handOver(s *Server, all bool) {
 		if !all && !lp.idle() {
 			continue
 		}
-		items := takeItems()
-		for _, c := range oe.order {
-			for n := c.rtHead; n >= 0; n = oe.nodes[n].next {
-				items = append(items, item{c: c, arg: oe.nodes[n].arg})
-			}
-		}
-		b := oe.b
-		lp.put(entry{kind: entPush, b: &b, items: items}, true)
-		rt.open[idx] = nil
-		rt.waits[idx] = false
-		// The batch's slices went to the loop; nodes and order stay here.
-		clear(oe.order)
-		*oe = openEntry{nodes: oe.nodes[:0], order: oe.order[:0]}
-		if len(rt.free) < 4 && cap(oe.nodes) <= 1<<20 {
-			rt.free = append(rt.free, oe)
+		lp.put(oe.entry(), true)
+		rt.recycle(idx)
+	}
+}
+
+// recycle closes loop idx's open entry (handed over) and keeps its chains
+// for the next one: the batch's slices went to the loop, nodes and order
+// stay here. REQUIRES: the router goroutine.
+func (rt *router) recycle(idx int) {
+	oe := rt.open[idx]
+	rt.open[idx] = nil
+	rt.waits[idx] = false
+	clear(oe.order)
+	*oe = openEntry{nodes: oe.nodes[:0], order: oe.order[:0]}
+	if len(rt.free) < 4 && cap(oe.nodes) <= 1<<20 {
+		rt.free = append(rt.free, oe)
+	}
+}
+
+// entry returns the fan-out entry of oe: each connection's items together,
+// in order. REQUIRES: the router goroutine.
+func (oe *openEntry) entry() entry {
+	items := takeItems()
+	for _, c := range oe.order {
+		for n := c.rtHead; n >= 0; n = oe.nodes[n].next {
+			items = append(items, item{c: c, arg: oe.nodes[n].arg})
 		}
 	}
+	b := oe.b
+	return entry{kind: entPush, b: &b, items: items}
 }
 
 // runPush runs up to budget items of a fan-out entry: the pushes to this
