@@ -19,7 +19,7 @@ import (
 // # The inbox
 //
 // Everything another goroutine hands to a loop goes through the loop's
-// inbox, a bounded FIFO of entries: fan-out slices from the router,
+// inbox, a bounded FIFO of entries: fan-out entries from the router,
 // worker replies and read broadcasts, timer expiries, device replacement,
 // shutdown. The loop runs the entries strictly in order. gnet's own task
 // queue (EventLoop.Execute) is not FIFO under load — past 1,024 queued
@@ -40,10 +40,13 @@ import (
 // # Bounds
 //
 // The inbox counts items (an entry's connections, plus one), not entries,
-// so a fan-out to 100,000 connections cannot hide in one entry. The router
-// and the workers wait while it holds more than --inbox items (and is not
-// empty): the committer then waits in OnSent, its queue fills, and Submit
-// answers rate_limited — backpressure instead of unbounded growth. Timer
+// so a fan-out to 100,000 connections cannot hide in one entry. Workers
+// wait while it holds more than --inbox items (and is not empty). The
+// router puts an entry only into an idle loop's inbox and otherwise merges
+// batches into an open entry bounded by --inbox items (see router); when
+// that is full it stops taking batches, the committer waits in OnSent, its
+// queue fills, and Submit answers rate_limited — backpressure instead of
+// unbounded growth. Timer
 // expiries, device replacement and shutdown never wait (the wheel goroutine
 // and the loops must never block); they are bounded by construction: a
 // connection has two timers, each fires at most once per arming, and
