@@ -84,15 +84,7 @@ func (s *cfServer) do(t testing.TB, method, path string, body []byte, hdr map[st
 // answer (nil when the answer is not an object).
 func (s *cfServer) postJSON(t testing.TB, path string, v any) (int, map[string]any, []byte) {
 	t.Helper()
-	var b []byte
-	switch x := v.(type) {
-	case string:
-		b = []byte(x)
-	case []byte:
-		b = x
-	default:
-		b, _ = json.Marshal(v)
-	}
+	b, _ := wstest.Payload(v)
 	code, out := s.do(t, "POST", path, b, nil)
 	var m map[string]any
 	_ = json.Unmarshal(out, &m)

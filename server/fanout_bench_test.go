@@ -188,14 +188,7 @@ func BenchmarkRoutePush1000(b *testing.B) {
 	uids := make([]uint64, n)
 	for i := range uids {
 		uids[i] = uint64(i + 2)
-		f := &nopConn{}
-		c := &conn{gc: f, lp: lp, state: stOpen, uid: uids[i], idx: int32(i)}
-		c.idle.Init(w, func() {})
-		c.retx.Init(w, func() {})
-		f.ctx = c
-		lp.conns = append(lp.conns, c)
-		s.online(c)
-		conns = append(conns, c)
+		conns = append(conns, addFakeConn(lp, &nopConn{}, uids[i]))
 	}
 	defer func() {
 		for _, c := range conns {

@@ -46,6 +46,19 @@ func (f *resetConn) Writev(bs [][]byte) (int, error) {
 	return 0, nil
 }
 
+// addFakeConn puts an open connection of uid over gc on lp and registers
+// it in the sessions index, as authentication does.
+func addFakeConn(lp *loop, gc gnet.Conn, uid uint64) *conn {
+	w := lp.srv.wheel
+	c := &conn{gc: gc, lp: lp, state: stOpen, uid: uid, idx: int32(len(lp.conns))}
+	c.idle.Init(w, func() {})
+	c.retx.Init(w, func() {})
+	gc.SetContext(c)
+	lp.conns = append(lp.conns, c)
+	lp.srv.online(c)
+	return c
+}
+
 // TestCloseDuringRecipientLoop: a write that fails while a loop runs a
 // fan-out entry (here the 4008 close frame of a full window) runs OnClose,
 // hence the removal from the sessions index, in the middle of the run. The
@@ -63,12 +76,7 @@ func TestCloseDuringRecipientLoop(t *testing.T) {
 	var fakes []*resetConn
 	for i := 0; i < 3; i++ {
 		f := &resetConn{h: h}
-		c := &conn{gc: f, lp: lp, state: stOpen, uid: uid, idx: int32(len(lp.conns))}
-		c.idle.Init(w, func() {})
-		c.retx.Init(w, func() {})
-		f.ctx = c
-		lp.conns = append(lp.conns, c)
-		s.online(c)
+		addFakeConn(lp, f, uid)
 		fakes = append(fakes, f)
 	}
 	conns := s.sess.lookup(uid)

@@ -131,20 +131,23 @@ func (c *Client) WriteClose(code int, reason string) error {
 	return c.Conn.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, reason), time.Now().Add(time.Second))
 }
 
-// Send writes v as a text message: a string or []byte verbatim, anything
-// else as JSON.
-func (c *Client) Send(v any) error {
-	var b []byte
+// Payload returns v as a message body: a string or []byte verbatim,
+// anything else as JSON.
+func Payload(v any) ([]byte, error) {
 	switch x := v.(type) {
 	case string:
-		b = []byte(x)
+		return []byte(x), nil
 	case []byte:
-		b = x
-	default:
-		var err error
-		if b, err = json.Marshal(v); err != nil {
-			return err
-		}
+		return x, nil
+	}
+	return json.Marshal(v)
+}
+
+// Send writes v (see Payload) as a text message.
+func (c *Client) Send(v any) error {
+	b, err := Payload(v)
+	if err != nil {
+		return err
 	}
 	return c.Write(websocket.TextMessage, b)
 }
