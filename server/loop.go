@@ -246,6 +246,7 @@ func (lp *loop) signalLocked() {
 		ib.items = 0
 		ib.depth.Store(0)
 		ib.notFull.Broadcast()
+		lp.notifyIdle() // a router holding a full entry for this loop drops it
 	}
 }
 
@@ -322,6 +323,17 @@ func takeItems() []item {
 	return nil
 }
 
+// notifyIdle tells the router that a loop went idle (or died). Never
+// waits. Any goroutine.
+func (lp *loop) notifyIdle() {
+	if rt := lp.srv.rt; rt != nil {
+		select {
+		case rt.idle <- struct{}{}:
+		default:
+		}
+	}
+}
+
 // idle reports whether the loop has nothing to drain (or is gone). Safe
 // from any goroutine.
 func (lp *loop) idle() bool {
@@ -386,12 +398,7 @@ func (lp *loop) refill() bool {
 		ib.scheduled = false
 		lp.cur, lp.pos = lp.cur[:0], 0
 		ib.mu.Unlock()
-		if rt := lp.srv.rt; rt != nil {
-			select { // the router may hand over what it merged meanwhile
-			case rt.idle <- struct{}{}:
-			default:
-			}
-		}
+		lp.notifyIdle() // the router may hand over what it merged meanwhile
 		return false
 	}
 	lp.cur, ib.q = ib.q, lp.cur[:0]

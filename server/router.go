@@ -1,6 +1,7 @@
 package server
 
 import (
+	"context"
 	"slices"
 	"sync"
 
@@ -222,14 +223,23 @@ func (s *Server) onSent(sends []*storage.Send) {
 }
 
 // routerBarrier returns once the router has handed every batch queued
-// before it to the loops' inboxes (open entries included). Safe from any
-// goroutine but the router's and the committer's.
-func (s *Server) routerBarrier() {
+// before it to the loops' inboxes (open entries included), or false when
+// ctx ends first. Safe from any goroutine but the router's and the
+// committer's.
+func (s *Server) routerBarrier(ctx context.Context) bool {
 	b := &batch{barrier: make(chan struct{})}
 	select {
 	case s.rt.in <- b:
-		<-b.barrier
 	case <-s.rt.stop:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+	select {
+	case <-b.barrier:
+		return true
+	case <-ctx.Done():
+		return false
 	}
 }
 

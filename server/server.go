@@ -267,7 +267,9 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	case <-ctx.Done():
 		return errors.New("shutdown grace exceeded while flushing the store")
 	}
-	s.routerBarrier()
+	if !s.routerBarrier(ctx) {
+		return errors.New("shutdown grace exceeded while delivering the last batches")
+	}
 	var wg sync.WaitGroup
 	for _, lp := range s.allLoops() {
 		wg.Add(1)
