@@ -128,6 +128,8 @@ type options struct {
 	profile    string
 	profileSec int
 	ack        bool
+	ackMode    string
+	publishers int
 	groups     int
 	groupSize  int
 	groupFrac  float64
@@ -164,7 +166,8 @@ func parseOptions(scenario string, args []string) (*options, error) {
 	fs.IntVar(&o.profileSec, "profile-seconds", 10, "length of that profile")
 	fs.IntVar(&o.size, "size", 64, "message body bytes (the first bytes carry the send time)")
 	fs.IntVar(&o.window, "window", 64, "outstanding sends (no sent yet) per sender")
-	fs.BoolVar(&o.ack, "ack", true, "ack pushes (cumulative, coalesced); --ack=false only against servers that ignore acks")
+	fs.BoolVar(&o.ack, "ack", true, "ack pushes (cumulative); --ack=false only against servers that ignore acks")
+	fs.StringVar(&o.ackMode, "ack-mode", "welcome", "now: ack every push at once, one frame each; welcome: coalesce as the server's welcome says (ack_delay_ms, half of max_inflight)")
 	switch scenario {
 	case "connect":
 		fs.IntVar(&o.conns, "conns", 1000, "connections")
@@ -174,7 +177,8 @@ func parseOptions(scenario string, args []string) (*options, error) {
 		fs.Float64Var(&o.rate, "rate", 1000, "messages per second over all senders (0: flat out, bounded by --window)")
 		fs.DurationVar(&o.duration, "duration", 10*time.Second, "sending time")
 	case "fanout":
-		fs.IntVar(&o.members, "members", 1000, "online group members (receivers; the sender is one more)")
+		fs.IntVar(&o.members, "members", 1000, "online group members (receivers; the publishers are more)")
+		fs.IntVar(&o.publishers, "publishers", 1, "publishers: group members that send --messages between them, each with --window outstanding (1: wait for sent before the next send)")
 		fs.Float64Var(&o.rate, "rate", 5, "messages per second from the sender (0: a burst bounded by --window)")
 		fs.IntVar(&o.messages, "messages", 50, "messages sent")
 		fs.DurationVar(&o.wait, "wait", 60*time.Second, "how long to wait for every delivery after the last send")
@@ -204,6 +208,10 @@ func parseOptions(scenario string, args []string) (*options, error) {
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	if o.ackMode != "now" && o.ackMode != "welcome" {
+		return nil, fmt.Errorf("--ack-mode: must be now or welcome, got %q", o.ackMode)
+	}
+	o.publishers = max(o.publishers, 1)
 	o.serverArgs = strings.Fields(*sargs)
 	exe, err := os.Executable()
 	if err != nil {
@@ -228,7 +236,7 @@ func (o *options) users() int {
 	case "p2p":
 		return 2 * o.pairs
 	case "fanout":
-		return o.members + 1
+		return o.members + max(o.publishers, 1)
 	case "storm", "soak":
 		return o.conns + 1
 	}
@@ -322,7 +330,7 @@ func run(o *options) (*Report, error) {
 	e.rep.param("users", o.tokens)
 	e.ini = workerInit{
 		URL: o.wsURL, HeartbeatMs: o.heartbeat.Milliseconds(), TimeoutMs: o.timeout.Milliseconds(),
-		Body: o.size, Conc: o.conc, NoAck: !o.ack,
+		Body: o.size, Conc: o.conc, NoAck: !o.ack, AckNow: o.ackMode == "now",
 	}
 	if o.connRate > 0 {
 		e.ini.Rate = o.connRate / float64(o.procs)
@@ -473,6 +481,7 @@ func (e *env) startProfile() func() {
 // inproc is a pool of one client in the coordinator (the sender).
 func (e *env) inproc(idx int) (*pool, *client, error) {
 	p := newPool(e.u, e.o.heartbeat, e.o.timeout, e.o.size)
+	p.noAck, p.ackNow = !e.o.ack, e.o.ackMode == "now"
 	spec := e.specs(idx, 1, nil)[0]
 	spec.Src = "" // the sender uses the kernel's choice
 	c := p.newClient(spec)
@@ -482,6 +491,9 @@ func (e *env) inproc(idx int) (*pool, *client, error) {
 		return nil, nil, fmt.Errorf("sender connect: %v", err)
 	}
 	go p.heartbeats()
+	if !p.noAck && !p.ackNow {
+		go p.ackTicker()
+	}
 	return p, c, nil
 }
 

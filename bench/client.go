@@ -33,6 +33,7 @@ type pool struct {
 	timeout   time.Duration // dial + handshake + welcome
 	bodySize  int
 	noAck     bool // do not ack pushes (servers that ignore acks: the baseline's ceiling)
+	ackNow    bool // ack every push at once, one frame each; else coalesce as welcome says
 
 	lc    liveCounters
 	conn  *shardedHist // dial → welcome
@@ -74,9 +75,19 @@ type client struct {
 	lastWrite atomic.Int64 // unix ns
 	replies   chan []byte  // group/error replies to requests with a rid
 
+	// Acks: written by the reader, flushed by it or by the pool's
+	// ackTicker (coalescing mode), so guarded by ackMu. ackSince is the
+	// unix ns of the oldest unacked push (0: none), for the ticker's check.
+	ackMu    sync.Mutex
+	acks     []pendingAck
+	ackN     int // pushes since the last flush
+	ackSince atomic.Int64
+	ackDelay atomic.Int64 // ns: welcome's ack_delay_ms (default 20 ms)
+	ackBatch atomic.Int64 // flush at once at this many pushes: half of welcome's max_inflight (default 64)
+
 	// Reader goroutine state: one reader at a time owns it (connect hands
 	// it over only once the previous reader has returned).
-	acks      []pendingAck
+	maxFirst  uint64 // highest seq of the tracked group first received
 	grp       seqSet // held seqs of the tracked group conv
 	sk        soakClient
 	contig    atomic.Uint64
@@ -152,6 +163,18 @@ func (c *client) connect() error {
 	_ = wc.nc.SetReadDeadline(time.Time{})
 	hb, _ := jsonUint(m, "heartbeat_ms")
 	rate, _ := jsonUint(m, "send_rate")
+	// Ack pacing from welcome (Magpie extensions; a server without them
+	// gets 20 ms and batches of 64, as the Go SDK does).
+	delay := int64(20 * time.Millisecond)
+	if d, ok := jsonUint(m, "ack_delay_ms"); ok {
+		delay = int64(d) * int64(time.Millisecond)
+	}
+	batch := int64(64)
+	if w, ok := jsonUint(m, "max_inflight"); ok && w > 0 {
+		batch = max(1, min(batch, int64(w/2)))
+	}
+	c.ackDelay.Store(delay)
+	c.ackBatch.Store(batch)
 	c.p.conn.record(c.spec.Idx, time.Since(t0).Microseconds())
 	done := make(chan struct{})
 	c.mu.Lock()
@@ -232,9 +255,6 @@ func (c *client) readLoop(wc *wsConn, done chan struct{}) {
 			break
 		}
 		c.handle(wc, m)
-		if len(c.acks) > 0 && wc.buffered() == 0 {
-			c.flushAcks(wc)
-		}
 	}
 	wc.close()
 	c.p.lc.online.Add(-1)
@@ -242,7 +262,6 @@ func (c *client) readLoop(wc *wsConn, done chan struct{}) {
 	if errors.As(err, &ce) {
 		c.p.lc.closeCode(strconv.Itoa(ce.code))
 	}
-	c.acks = c.acks[:0]
 	c.mu.Lock()
 	current := c.c == wc // false: a newer connect took it over
 	if current {
@@ -250,6 +269,10 @@ func (c *client) readLoop(wc *wsConn, done chan struct{}) {
 	}
 	c.lostAt = time.Now().UnixNano()
 	c.mu.Unlock()
+	c.ackMu.Lock()
+	c.acks, c.ackN = c.acks[:0], 0
+	c.ackSince.Store(0)
+	c.ackMu.Unlock()
 	close(done) // the reader state is free for the next connection
 	if c.p.quitted.Load() {
 		return
@@ -285,7 +308,14 @@ func (c *client) reconnectLoop() {
 	}
 }
 
-func (c *client) flushAcks(wc *wsConn) {
+// flushAcksLocked writes one cumulative ack per conversation. REQUIRES:
+// c.ackMu.
+func (c *client) flushAcksLocked(wc *wsConn) {
+	c.ackN = 0
+	c.ackSince.Store(0)
+	if len(c.acks) == 0 {
+		return
+	}
 	frames := make([][]byte, 0, len(c.acks))
 	for _, a := range c.acks {
 		b := make([]byte, 0, 48+len(a.conv))
@@ -374,7 +404,40 @@ func (c *client) onMsg(m []byte) {
 	storeMax(&c.p.lc.lastRecvNs, now)
 	conv, _ := jsonStr(m, "conv")
 	seq, _ := jsonUint(m, "seq")
-	found := c.p.noAck
+	if !c.p.noAck {
+		c.queueAck(conv, seq, now)
+	}
+	if c.p.soak.Load() && c.soakHold(conv, seq) {
+		c.p.lc.dups.Add(1)
+		return
+	}
+	if g := c.p.group.Load(); g != 0 && c.isGroupConv(conv, g) {
+		if c.hold(seq) {
+			c.p.lc.dups.Add(1)
+			return // a resend: its latency was recorded on first arrival
+		}
+		// A first transmission (the first time this seq is seen) after a
+		// higher one: out of order (PROTOCOL §7 forbids it).
+		if seq < c.maxFirst {
+			c.p.lc.outOfOrder.Add(1)
+		}
+		c.maxFirst = max(c.maxFirst, seq)
+	}
+	if body, ok := jsonStr(m, "body"); ok && len(body) > 1 && body[0] == 't' {
+		if ns, n := parseUintBytes(body[1:]); n > 0 {
+			c.p.e2e.record(c.spec.Idx, (now-int64(ns))/1000)
+		}
+	}
+}
+
+// queueAck records a push to ack: at once in --ack-mode now, else
+// coalesced until half of welcome's max_inflight pushes are unacked or
+// welcome's ack_delay_ms has passed since the oldest (see ackTicker).
+// Reader goroutine.
+func (c *client) queueAck(conv []byte, seq uint64, now int64) {
+	c.ackMu.Lock()
+	defer c.ackMu.Unlock()
+	found := false
 	for i := 0; !found && i < len(c.acks); i++ {
 		if bytes.Equal(c.acks[i].conv, conv) {
 			c.acks[i].seq = max(c.acks[i].seq, seq)
@@ -384,19 +447,36 @@ func (c *client) onMsg(m []byte) {
 	if !found {
 		c.acks = append(c.acks, pendingAck{conv: append([]byte(nil), conv...), seq: seq})
 	}
-	if c.p.soak.Load() && c.soakHold(conv, seq) {
-		c.p.lc.dups.Add(1)
-		return
+	c.ackN++
+	if c.ackN == 1 {
+		c.ackSince.Store(now)
 	}
-	if g := c.p.group.Load(); g != 0 && c.isGroupConv(conv, g) && c.hold(seq) {
-		c.p.lc.dups.Add(1)
-		return // a resend: its latency was recorded on first arrival
-	}
-	if body, ok := jsonStr(m, "body"); ok && len(body) > 1 && body[0] == 't' {
-		if ns, n := parseUintBytes(body[1:]); n > 0 {
-			c.p.e2e.record(c.spec.Idx, (now-int64(ns))/1000)
+	if c.p.ackNow || int64(c.ackN) >= c.ackBatch.Load() || c.ackDelay.Load() <= 0 {
+		if wc := c.conn(); wc != nil {
+			c.flushAcksLocked(wc)
 		}
 	}
+}
+
+// ackTicker flushes the acks of every client whose oldest unacked push has
+// waited welcome's ack_delay_ms (coalescing mode only).
+func (p *pool) ackTicker() {
+	p.tick(2*time.Millisecond, func() {
+		now := time.Now().UnixNano()
+		for _, c := range p.clients {
+			since := c.ackSince.Load()
+			if since == 0 || now-since < c.ackDelay.Load() {
+				continue
+			}
+			c.ackMu.Lock()
+			if c.ackSince.Load() != 0 {
+				if wc := c.conn(); wc != nil {
+					c.flushAcksLocked(wc)
+				}
+			}
+			c.ackMu.Unlock()
+		}
+	})
 }
 
 func (c *client) isGroupConv(conv []byte, g uint64) bool {

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"bytes"
 	"fmt"
 	"os"
 	"strconv"
@@ -249,26 +250,52 @@ func (e *env) groupSend(c *client, g uint64, count int, rate float64) {
 	}
 }
 
-// fanout: one group, N online members, one sender.
+// fanout: one group, N online members, --publishers senders (members too)
+// that send --messages between them.
 func (e *env) fanout() error {
 	o := e.o
-	sp, sender, err := e.inproc(0)
+	np := o.publishers
+	pools := make([]*pool, np)
+	senders := make([]*client, np)
+	for i := range senders {
+		sp, c, err := e.inproc(i)
+		if err != nil {
+			return err
+		}
+		defer sp.close()
+		pools[i], senders[i] = sp, c
+	}
+	g, err := createGroup(senders[0], "bench-"+strconv.FormatInt(time.Now().UnixNano(), 36))
 	if err != nil {
 		return err
 	}
-	defer sp.close()
-	g, err := createGroup(sender, "bench-"+strconv.FormatInt(time.Now().UnixNano(), 36))
-	if err != nil {
-		return err
+	for _, c := range senders[1:] {
+		if r, err := c.request([]byte(`{"type":"group_join","rid":"gj","group":`+strconv.FormatUint(g, 10)+`}`), 30*time.Second); err != nil || !bytes.Contains(r, []byte(`"group"`)) {
+			return fmt.Errorf("publisher group_join: %v %s", err, r)
+		}
 	}
 	e.rep.param("group", g)
-	f, err := e.startFleet(e.specs(1, o.members, nil))
+	e.rep.param("publishers", np)
+	e.rep.param("ack_mode", o.ackMode)
+	sentOK := func() (n int64) {
+		for _, sp := range pools {
+			n += sp.lc.sentOK.Load()
+		}
+		return n
+	}
+	sendErrs := func() (n int64) {
+		for _, sp := range pools {
+			n += sp.lc.errors.Load()
+		}
+		return n
+	}
+	f, err := e.startFleet(e.specs(np, o.members, nil))
 	if err != nil {
 		return err
 	}
 	defer f.quit()
 	f.extra = func() string {
-		return fmt.Sprintf("| sender sends=%d sent=%d err=%d", sp.lc.sends.Load(), sp.lc.sentOK.Load(), sp.lc.errors.Load())
+		return fmt.Sprintf("| publishers sent=%d err=%d", sentOK(), sendErrs())
 	}
 	if err := e.connectFleet(f, o.members); err != nil {
 		return err
@@ -289,9 +316,22 @@ func (e *env) fanout() error {
 	before := e.probe.snap()
 	stopProf := e.startProfile()
 	tSend := time.Now()
-	e.groupSend(sender, g, o.messages, o.rate)
-	sentOK := sp.lc.sentOK.Load()
-	want := int64(o.members) * sentOK
+	var wg sync.WaitGroup
+	for i, c := range senders {
+		n := o.messages / np
+		if i < o.messages%np {
+			n++
+		}
+		wg.Add(1)
+		go func(c *client, n int) {
+			defer wg.Done()
+			e.groupSend(c, g, n, o.rate/float64(np))
+		}(c, n)
+	}
+	wg.Wait()
+	sent := sentOK()
+	// Publishers receive each other's messages as members do.
+	want := int64(o.members) * sent
 	deadline := time.Now().Add(o.wait)
 	for time.Now().Before(deadline) && f.totals().Pushes < want {
 		time.Sleep(10 * time.Millisecond)
@@ -309,18 +349,19 @@ func (e *env) fanout() error {
 	}
 	after := e.probe.snap()
 	stopProf()
-	r, c, err := f.results(uint64(sentOK))
+	r, c, err := f.results(uint64(sent))
 	if err != nil {
 		return err
 	}
 	deliveries := c.Pushes - c.Dups
 	span := time.Duration(c.LastRecvNs - tSend.UnixNano())
-	e.rep.result("messages_sent_ok", sentOK)
-	e.rep.result("send_errors", sp.lc.errors.Load())
+	e.rep.result("messages_sent_ok", sent)
+	e.rep.result("send_errors", sendErrs())
 	e.rep.result("deliveries_expected", want)
 	e.rep.result("deliveries", deliveries)
 	e.rep.result("missing", r.missing)
 	e.rep.result("duplicates", c.Dups)
+	e.rep.result("out_of_order", c.OutOfOrder)
 	e.rep.result("fanout_seconds", span.Seconds())
 	if span > 0 {
 		e.rep.result("deliveries_per_second", float64(deliveries)/span.Seconds())
@@ -333,7 +374,11 @@ func (e *env) fanout() error {
 	e.cpuResults(before, after, float64(deliveries), "delivery", "deliveries")
 	e.storeResults(before, after)
 	e.rep.latency("delivery", r.e2e)
-	e.rep.latency("sent", sp.sent.merged())
+	sentHist := pools[0].sent.merged()
+	for _, sp := range pools[1:] {
+		sentHist.Merge(sp.sent.merged())
+	}
+	e.rep.latency("sent", sentHist)
 	e.rep.Counters = c
 	if deliveries < want || r.missing > 0 {
 		return fmt.Errorf("%d of %d deliveries arrived (%d missing)", deliveries, want, r.missing)

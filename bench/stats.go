@@ -92,6 +92,7 @@ type counters struct {
 	Resent      int64 `json:"resent"`       // soak: sends written again with their cmid
 	Kills       int64 `json:"kills"`        // soak: connections dropped without a close frame
 	CleanCloses int64 `json:"clean_closes"` // soak: connections closed with a close frame
+	OutOfOrder  int64 `json:"out_of_order"` // first transmissions of the tracked group after a higher seq
 	// CloseCodes counts close codes received ("4008") and failed
 	// connection attempts by kind ("fail:refused", "fail:timeout", …).
 	CloseCodes map[string]int64 `json:"close_codes,omitempty"`
@@ -119,6 +120,7 @@ func (c *counters) add(o counters) {
 	c.Resent += o.Resent
 	c.Kills += o.Kills
 	c.CleanCloses += o.CleanCloses
+	c.OutOfOrder += o.OutOfOrder
 	for k, v := range o.CloseCodes {
 		if c.CloseCodes == nil {
 			c.CloseCodes = map[string]int64{}
@@ -133,6 +135,7 @@ type liveCounters struct {
 	sends, sentOK, errors, rateLimited, pushes, dups       atomic.Int64
 	ackFrames, pings, pongs, caughtUp, history, lastRecvNs atomic.Int64
 	groupSent, resent, kills, cleanCloses                  atomic.Int64
+	outOfOrder                                             atomic.Int64
 
 	mu         sync.Mutex
 	closeCodes map[string]int64
@@ -156,6 +159,7 @@ func (l *liveCounters) snapshot() counters {
 		Pings: l.pings.Load(), Pongs: l.pongs.Load(), CaughtUp: l.caughtUp.Load(),
 		History: l.history.Load(), LastRecvNs: l.lastRecvNs.Load(),
 		GroupSent: l.groupSent.Load(), Resent: l.resent.Load(), Kills: l.kills.Load(), CleanCloses: l.cleanCloses.Load(),
+		OutOfOrder: l.outOfOrder.Load(),
 	}
 	l.mu.Lock()
 	if len(l.closeCodes) > 0 {

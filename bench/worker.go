@@ -29,6 +29,7 @@ type workerInit struct {
 	Conc        int          `json:"conc"`
 	Rate        float64      `json:"rate"` // connects/s of this worker
 	NoAck       bool         `json:"no_ack,omitempty"`
+	AckNow      bool         `json:"ack_now,omitempty"`
 	Clients     []clientSpec `json:"clients"`
 }
 
@@ -96,6 +97,7 @@ func workerMain(in io.Reader, out io.Writer) int {
 	}
 	p := newPool(u, time.Duration(ini.HeartbeatMs)*time.Millisecond, time.Duration(ini.TimeoutMs)*time.Millisecond, ini.Body)
 	p.noAck = ini.NoAck
+	p.ackNow = ini.AckNow
 	for _, s := range ini.Clients {
 		p.clients = append(p.clients, p.newClient(s))
 	}
@@ -122,6 +124,9 @@ func workerMain(in io.Reader, out io.Writer) int {
 			if !hbStarted {
 				hbStarted = true
 				go p.heartbeats()
+				if !p.noAck && !p.ackNow {
+					go p.ackTicker()
+				}
 			}
 		case "join":
 			p.group.Store(cmd.Group)

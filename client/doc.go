@@ -60,8 +60,9 @@
 // JoinGroup starts at its last message at join time.
 //
 // Acks are sent automatically after the handler returned: cumulative, one
-// per conversation per AckDelay (20 ms) or at once when AckBatch (64)
-// delivered pushes are unacked. If OnMessage is slower than the messages
+// per conversation per AckDelay (by default the server's ack_delay_ms from
+// welcome, else 20 ms) or at once when AckBatch (64, at most half the
+// server's max_inflight) delivered pushes are unacked. If OnMessage is slower than the messages
 // arrive, the server's in-flight window fills and it closes the connection
 // (4008, or 4005); the client reconnects and catches up through history,
 // requesting a page only while fewer than 1,024 messages wait for the

@@ -49,6 +49,9 @@ type inFrame struct {
 	SendRate      int   `json:"send_rate"`
 	MaxBody       int   `json:"max_body"`
 	ServerTime    int64 `json:"server_time"`
+	// Extensions (docs/PROTOCOL.md): absent from older servers.
+	AckDelayMS  *int64 `json:"ack_delay_ms"`
+	MaxInflight int    `json:"max_inflight"`
 
 	// convs, presence, receipts: each has its own item shape, decoded by
 	// the handler of the frame type (convItems, presenceItems, readItems).

@@ -65,10 +65,12 @@ type Options struct {
 	// `welcome`. The default value is 10s.
 	HandshakeTimeout time.Duration
 	// AckDelay is the longest a delivered push waits for its (coalesced,
-	// cumulative) ack. The default value is 20ms.
+	// cumulative) ack. The default value is the server's recommendation,
+	// welcome's ack_delay_ms, or 20ms when the server sends none.
 	AckDelay time.Duration
 	// AckBatch sends acks at once when this many delivered pushes are
-	// unacked on the connection. The default value is 64.
+	// unacked on the connection. The default value is 64, capped at half
+	// of welcome's max_inflight when the server sends it.
 	AckBatch int
 
 	// Start is where conversations without a position begin on the first
@@ -126,9 +128,8 @@ func (o *Options) ensureDefaults() {
 	if o.HandshakeTimeout <= 0 {
 		o.HandshakeTimeout = 10 * time.Second
 	}
-	if o.AckDelay <= 0 {
-		o.AckDelay = 20 * time.Millisecond
-	}
+	// AckDelay 0 follows the server (see ackPacing); AckBatch is capped
+	// there too.
 	if o.AckBatch <= 0 {
 		o.AckBatch = 64
 	}
@@ -161,4 +162,28 @@ func (o *Options) validate() error {
 		errs = append(errs, errors.New("magpie: Options.Start is not a StartPolicy"))
 	}
 	return errors.Join(errs...)
+}
+
+// defaultAckDelay is the ack coalescing delay when neither Options nor the
+// server's welcome set one.
+const defaultAckDelay = 20 * time.Millisecond
+
+// ackPacing returns the ack delay and batch for a session: Options.AckDelay
+// when set, else welcome's ack_delay_ms (an extension: absent from older
+// servers), else defaultAckDelay; Options.AckBatch capped at half of
+// welcome's max_inflight, so acks go out long before the server's window
+// is full.
+func (o *Options) ackPacing(w *inFrame) (time.Duration, int) {
+	delay := o.AckDelay
+	if delay <= 0 {
+		delay = defaultAckDelay
+		if w.AckDelayMS != nil {
+			delay = time.Duration(*w.AckDelayMS) * time.Millisecond
+		}
+	}
+	batch := o.AckBatch
+	if w.MaxInflight > 0 {
+		batch = max(1, min(batch, w.MaxInflight/2))
+	}
+	return delay, batch
 }

@@ -271,7 +271,7 @@ func (c *Client) dial(ctx context.Context) (*session, error) {
 	if g := c.opts.Grace; g > 0 && g < s.grace {
 		s.grace = g
 	}
-	s.acks = newAcker(c.opts.AckDelay, c.opts.AckBatch)
+	s.acks = newAcker(c.opts.ackPacing(&w))
 	s.acks.suppress = c.opts.TestingSuppressAcks
 	if w.SendRate > 0 {
 		s.tokens = float64(w.SendRate)

@@ -30,17 +30,20 @@ type Signer struct {
 }
 
 // NewSigner returns a Signer with key and token lifetime ttl.
+// Any goroutine.
 func NewSigner(key []byte, ttl time.Duration) *Signer {
 	return &Signer{key: key, ttl: ttl, now: time.Now}
 }
 
 // Mint returns a token for uid and its expiry (Unix ms).
+// Any goroutine.
 func (s *Signer) Mint(uid uint64) (string, int64) {
 	exp := s.now().Add(s.ttl).UnixMilli()
 	return s.MintUntil(uid, exp), exp
 }
 
 // MintUntil returns a token for uid that expires at exp (Unix ms).
+// Any goroutine.
 func (s *Signer) MintUntil(uid uint64, exp int64) string {
 	b := make([]byte, 0, 96)
 	b = append(b, "v1."...)
@@ -53,6 +56,7 @@ func (s *Signer) MintUntil(uid uint64, exp int64) string {
 	return string(b)
 }
 
+// sign returns the HMAC of msg. Any goroutine.
 func (s *Signer) sign(msg []byte) [sha256.Size]byte {
 	m := hmac.New(sha256.New, s.key)
 	m.Write(msg)
@@ -69,6 +73,7 @@ var (
 
 // Verify checks the signature in constant time and the expiry, and returns
 // the uid.
+// Any goroutine (event loops call it: about 1 µs).
 func (s *Signer) Verify(tok string) (uint64, error) {
 	if len(tok) > 256 || !strings.HasPrefix(tok, "v1.") {
 		return 0, ErrBadToken
@@ -108,6 +113,7 @@ func (s *Signer) Verify(tok string) (uint64, error) {
 
 // LoadSecret returns the signing key: flagSecret when set, else the key in
 // dir/secret, generated (32 random bytes, hex, mode 0600) on first use.
+// Run, before the listeners start.
 func LoadSecret(dir, flagSecret string) ([]byte, error) {
 	if flagSecret != "" {
 		return []byte(flagSecret), nil
@@ -159,6 +165,7 @@ const (
 )
 
 // HashPassword returns an encoded argon2id hash of pw.
+// Any goroutine but an event loop (argon2id takes tens of ms); the HTTP handlers call it under hashSem.
 func HashPassword(pw string) []byte {
 	var salt [16]byte
 	if _, err := rand.Read(salt[:]); err != nil {
@@ -169,6 +176,7 @@ func HashPassword(pw string) []byte {
 }
 
 // CheckPassword reports whether pw matches the encoded hash, in constant time.
+// Any goroutine but an event loop, like HashPassword.
 func CheckPassword(hash []byte, pw string) bool {
 	parts := strings.Split(string(hash), "$")
 	if len(parts) != 6 || parts[0] != "argon2id" {
@@ -208,6 +216,7 @@ const (
 	throttleEntries = 200000
 )
 
+// newThrottle returns an empty throttle. Any goroutine.
 func newThrottle() *throttle {
 	return &throttle{entries: make(map[string]*throttleEntry), now: time.Now}
 }
@@ -217,6 +226,7 @@ func newThrottle() *throttle {
 // recorded plus pending failures could reach the limit, so a parallel burst
 // of wrong passwords cannot get more than throttleMax checks in.
 // Every begin that returns true must be followed by fail or succeed.
+// Any goroutine (HTTP handlers); takes t.mu.
 func (t *throttle) begin(name string) bool {
 	now := t.now()
 	t.mu.Lock()
@@ -253,6 +263,7 @@ func (t *throttle) entryLocked(name string, now time.Time) *throttleEntry {
 }
 
 // fail records a failed login.
+// Any goroutine; takes t.mu.
 func (t *throttle) fail(name string) {
 	now := t.now()
 	t.mu.Lock()
@@ -280,6 +291,7 @@ func (t *throttle) fail(name string) {
 }
 
 // succeed resets the count for name.
+// Any goroutine; takes t.mu.
 func (t *throttle) succeed(name string) {
 	t.mu.Lock()
 	delete(t.entries, strings.ToLower(name))

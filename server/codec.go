@@ -1,5 +1,9 @@
 package server
 
+// Request decoding. Every function here is pure over its arguments and
+// safe from any goroutine; a request and a decoder belong to whoever holds
+// them (on the loops, the loop's scratch: REQUIRES: owning event loop).
+
 import (
 	"errors"
 	"strconv"

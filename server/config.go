@@ -23,6 +23,7 @@ type Config struct {
 	AuthTimeout   time.Duration // --auth-timeout; default 10s
 	AckTimeout    time.Duration // --ack-timeout; default 5s
 	AckRetries    int           // --ack-retries; default 3 (0: no resend)
+	AckDelay      time.Duration // --ack-delay; default 20ms: ack coalescing delay announced in welcome (capped at AckTimeout/10)
 	MaxInflight   int           // --max-inflight; default 1024
 	MaxOutbound   int           // --max-outbound; default 4 MiB
 	MaxMessage    int           // --max-message; default 65536
@@ -37,11 +38,13 @@ type Config struct {
 	QueueSize     int           // --queue; committer queue bound, default 65536
 	Workers       int           // --workers; pool for blocking requests, default 4 × GOMAXPROCS
 	WorkQueue     int           // --work-queue; bound of that pool's queue, default 16384
+	Inbox         int           // --inbox; items a loop's inbox holds before the router and workers wait, default 262144
 	LogLevel      string        // --log-level; default "info"
 	Pprof         bool          // --pprof; default false: serve net/http/pprof under /debug/pprof/ on --http
 }
 
 // DefaultConfig returns the defaults of PROTOCOL §12.
+// Any goroutine.
 func DefaultConfig() Config {
 	return Config{
 		Listen:        ":7070",
@@ -52,6 +55,7 @@ func DefaultConfig() Config {
 		AuthTimeout:   10 * time.Second,
 		AckTimeout:    5 * time.Second,
 		AckRetries:    3,
+		AckDelay:      20 * time.Millisecond,
 		MaxInflight:   1024,
 		MaxOutbound:   4 << 20,
 		MaxMessage:    65536,
@@ -63,12 +67,14 @@ func DefaultConfig() Config {
 		QueueSize:     65536,
 		Workers:       4 * runtime.GOMAXPROCS(0),
 		WorkQueue:     16384,
+		Inbox:         1 << 18,
 		LogLevel:      "info",
 	}
 }
 
 // ParseFlags parses the `serve` flags in args into a Config. Errors name the
 // flag; -h prints the usage to out and returns flag.ErrHelp.
+// Any goroutine (the binary calls it once).
 func ParseFlags(args []string, out io.Writer) (Config, error) {
 	c := DefaultConfig()
 	fs := flag.NewFlagSet("magpie serve", flag.ContinueOnError)
@@ -83,6 +89,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", c.AuthTimeout, "accept-to-auth deadline, 4002")
 	fs.DurationVar(&c.AckTimeout, "ack-timeout", c.AckTimeout, "T of the ACK resend schedule")
 	fs.IntVar(&c.AckRetries, "ack-retries", c.AckRetries, "resends before closing 4005 (0: none)")
+	fs.DurationVar(&c.AckDelay, "ack-delay", c.AckDelay, "ack coalescing delay announced in welcome as ack_delay_ms (at most --ack-timeout/10; 0: ack at once)")
 	fs.IntVar(&c.MaxInflight, "max-inflight", c.MaxInflight, "unacked pushes per connection (4008)")
 	fs.IntVar(&c.MaxOutbound, "max-outbound", c.MaxOutbound, "unwritten bytes per connection (4008)")
 	fs.IntVar(&c.MaxMessage, "max-message", c.MaxMessage, "WebSocket message limit in bytes (1009)")
@@ -97,6 +104,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.QueueSize, "queue", c.QueueSize, "committer queue bound; a full queue answers rate_limited")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines serving blocking requests (history, convs, groups, read)")
 	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
+	fs.IntVar(&c.Inbox, "inbox", c.Inbox, "items (pushes, replies) an event loop's inbox holds before fan-out waits (then sends get rate_limited)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http (for profiling; keep off in production)")
 	// Errors are returned (the caller prints them once, naming the flag);
@@ -132,6 +140,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 
 // Validate reports every invalid field, naming its flag, and resolves
 // IdleTimeout 0 to 3 × Heartbeat.
+// Any goroutine; it writes IdleTimeout, so not concurrently with readers of c.
 func (c *Config) Validate() error {
 	if c.IdleTimeout == 0 {
 		c.IdleTimeout = 3 * c.Heartbeat
@@ -181,6 +190,10 @@ func (c *Config) Validate() error {
 	atLeast("queue", c.QueueSize, 1)
 	atLeast("workers", c.Workers, 1)
 	atLeast("work-queue", c.WorkQueue, 1)
+	atLeast("inbox", c.Inbox, 1)
+	if c.AckDelay < 0 {
+		bad("ack-delay", fmt.Sprintf("must not be negative, got %v", c.AckDelay))
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

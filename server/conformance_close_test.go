@@ -63,7 +63,7 @@ func (r *cfRaw) readUntilClose(d time.Duration) (int, []map[string]any) {
 func (r *cfRaw) tcpClosed(d time.Duration) {
 	r.t.Helper()
 	_ = r.SetReadDeadline(time.Now().Add(d))
-	if _, err := r.br.ReadByte(); err == nil {
+	if _, err := r.R.ReadByte(); err == nil {
 		r.t.Errorf("data after the close frame")
 	} else if ne, ok := err.(interface{ Timeout() bool }); ok && ne.Timeout() {
 		r.t.Errorf("TCP not closed within %v after the close frame", d)
@@ -275,15 +275,15 @@ func TestConformanceCloseCodes(t *testing.T) {
 			t.Errorf("unauthenticated connection: close %d, want 1001", c2)
 		}
 		var sent []map[string]any
-		for !sender.isClosed() || len(sender.in) > 0 {
+		for !sender.isClosed() || len(sender.In) > 0 {
 			select {
-			case f := <-sender.in:
-				if f.m["type"] == "sent" {
-					sent = append(sent, f.m)
-				} else if f.m["type"] != "error" {
-					t.Errorf("sender: %v", f.m)
+			case f := <-sender.In:
+				if f.M["type"] == "sent" {
+					sent = append(sent, f.M)
+				} else if f.M["type"] != "error" {
+					t.Errorf("sender: %v", f.M)
 				}
-			case <-sender.done:
+			case <-sender.Done:
 			case <-time.After(grace + 2*time.Second):
 				t.Fatal("sender not closed")
 			}

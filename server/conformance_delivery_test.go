@@ -9,6 +9,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/magpie-im/magpie/internal/wstest"
 )
 
 // PROTOCOL §7: delivery, ACK and retransmission.
@@ -130,8 +132,8 @@ func TestConformanceResendSchedule(t *testing.T) {
 			a.sendMsg("x", B, 0, "resend me")
 			f0 := b.nextFrame(5 * time.Second)
 			t0 := time.Now()
-			if f0.m["type"] != "msg" {
-				t.Fatalf("first push %s", f0.raw)
+			if f0.M["type"] != "msg" {
+				t.Fatalf("first push %s", f0.Raw)
 			}
 			const early = 15 * time.Millisecond // receive latency of the first push
 			for k := 1; k <= R; k++ {
@@ -140,8 +142,8 @@ func TestConformanceResendSchedule(t *testing.T) {
 				f := b.nextFrame(want + 2*time.Second)
 				el := time.Since(t0)
 				l := lag()
-				if string(f.raw) != string(f0.raw) {
-					t.Fatalf("resend %d differs: %s vs %s", k, f.raw, f0.raw)
+				if string(f.Raw) != string(f0.Raw) {
+					t.Fatalf("resend %d differs: %s vs %s", k, f.Raw, f0.Raw)
 				}
 				if el < want-early || el > want+100*time.Millisecond+cfSlack()+l {
 					t.Errorf("resend %d after %v, want %v (never early, ≤100 ms late; local scheduling lag %v)", k, el, want, l)
@@ -195,7 +197,7 @@ func TestConformanceAck(t *testing.T) {
 	b1.send(map[string]any{"type": "ack", "conv": "g:999999", "seq": 5})
 	got := map[string]int64{}
 	for i := 0; i < 2; i++ {
-		m := b1.nextFrame(T + time.Second).m
+		m := b1.nextFrame(T + time.Second).M
 		if m["type"] != "msg" {
 			t.Fatalf("B1: %v", m)
 		}
@@ -272,8 +274,7 @@ func TestConformanceSlowConsumerOutbound(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { nc.Close() })
-		r := &cfRaw{t: t, Conn: nc}
-		r.br = cfNewReader(nc)
+		r := &cfRaw{t: t, Raw: wstest.NewRaw(nc)}
 		r.upgrade("token=" + btok + "&device=" + name)
 		if _, p, err := r.readFrame(5 * time.Second); err != nil || !strings.Contains(string(p), `"welcome"`) {
 			t.Fatalf("%s: welcome %q %v", name, p, err)

@@ -476,8 +476,8 @@ func TestConformanceFrames(t *testing.T) {
 		// A direct conversation with no messages: an empty list.
 		b.send(fmt.Sprintf(`{"type":"history","rid":"e","conv":%q}`, cfD(B, D)))
 		f := b.nextFrame(5 * time.Second)
-		if f.m["type"] != "history" || f.m["more"] != false || !strings.Contains(string(f.raw), `"messages":[]`) {
-			t.Errorf("empty direct conv: %s", f.raw)
+		if f.M["type"] != "history" || f.M["more"] != false || !strings.Contains(string(f.Raw), `"messages":[]`) {
+			t.Errorf("empty direct conv: %s", f.Raw)
 		}
 		c.ping()
 	})
@@ -685,14 +685,14 @@ func TestConformanceConvsAndRead(t *testing.T) {
 		t.Helper()
 		c.send(map[string]any{"type": "convs", "rid": "cv"})
 		fr := c.nextFrame(5 * time.Second)
-		if fr.m["type"] != "convs" || !strings.Contains(string(fr.raw), `"items":[`) {
-			t.Fatalf("convs: %s", fr.raw)
+		if fr.M["type"] != "convs" || !strings.Contains(string(fr.Raw), `"items":[`) {
+			t.Fatalf("convs: %s", fr.Raw)
 		}
 		var items []map[string]any
-		for _, x := range fr.m["items"].([]any) {
+		for _, x := range fr.M["items"].([]any) {
 			items = append(items, x.(map[string]any))
 		}
-		return fr.m, items
+		return fr.M, items
 	}
 	m, items := convs(e)
 	if len(items) != 0 || cfNum(m["total_unread"]) != 0 {

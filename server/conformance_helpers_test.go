@@ -5,7 +5,6 @@ package server_test
 // /work/shared/PROTOCOL.md, speaking only the wire protocol.
 
 import (
-	"bufio"
 	"bytes"
 	"encoding/json"
 	"fmt"
@@ -16,7 +15,6 @@ import (
 	"os"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -86,15 +84,7 @@ func (s *cfServer) do(t testing.TB, method, path string, body []byte, hdr map[st
 // answer (nil when the answer is not an object).
 func (s *cfServer) postJSON(t testing.TB, path string, v any) (int, map[string]any, []byte) {
 	t.Helper()
-	var b []byte
-	switch x := v.(type) {
-	case string:
-		b = []byte(x)
-	case []byte:
-		b = x
-	default:
-		b, _ = json.Marshal(v)
-	}
+	b, _ := wstest.Payload(v)
 	code, out := s.do(t, "POST", path, b, nil)
 	var m map[string]any
 	_ = json.Unmarshal(out, &m)
@@ -167,69 +157,29 @@ func cfNum(v any) int64 {
 
 // ---- WebSocket client ----
 
-type cfFrame struct {
-	raw []byte
-	m   map[string]any
-}
+type cfFrame = wstest.Frame
 
-// cfConn is a conformance client on gorilla/websocket with a reader goroutine.
+// cfConn is wstest.Client with fatal errors; it echoes the server's close
+// frame as RFC 6455 asks. c is its connection.
 type cfConn struct {
 	t    testing.TB
 	name string
-	c    *websocket.Conn
-	in   chan cfFrame
-	done chan struct{}
-	wmu  sync.Mutex
-	mu   sync.Mutex
-	code int
+	*wstest.Client
+	c *websocket.Conn
 }
 
 // cfDialWS dials url; it returns the HTTP status on handshake failure.
 func cfDialWS(t testing.TB, url string, hdr http.Header) (*cfConn, int, error) {
 	t.Helper()
-	d := websocket.Dialer{HandshakeTimeout: 5 * time.Second}
-	c, resp, err := d.Dial(url, hdr)
+	c, st, err := wstest.Dial(url, wstest.ClientOptions{Header: hdr, HandshakeTimeout: 5 * time.Second, EchoClose: true,
+		OnBad: func(typ int, p []byte) {
+			t.Errorf("server sent a non-JSON-object message (type %d): %q", typ, p)
+		}})
 	if err != nil {
-		st := 0
-		if resp != nil {
-			st = resp.StatusCode
-		}
 		return nil, st, err
 	}
-	x := &cfConn{t: t, c: c, in: make(chan cfFrame, 8192), done: make(chan struct{}), code: -1}
-	c.SetCloseHandler(func(code int, text string) error {
-		x.mu.Lock()
-		x.code = code
-		x.mu.Unlock()
-		x.wmu.Lock()
-		_ = c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(code, ""), time.Now().Add(time.Second))
-		x.wmu.Unlock()
-		return nil
-	})
-	go func() {
-		defer close(x.done)
-		for {
-			typ, p, err := c.ReadMessage()
-			if err != nil {
-				x.mu.Lock()
-				if ce, ok := err.(*websocket.CloseError); ok {
-					x.code = ce.Code
-				} else if x.code == -1 {
-					x.code = 1006
-				}
-				x.mu.Unlock()
-				return
-			}
-			var m map[string]any
-			if typ != websocket.TextMessage || json.Unmarshal(p, &m) != nil {
-				t.Errorf("server sent a non-JSON-object message (type %d): %q", typ, p)
-				continue
-			}
-			x.in <- cfFrame{raw: p, m: m}
-		}
-	}()
-	t.Cleanup(func() { c.Close() })
-	return x, 101, nil
+	t.Cleanup(func() { c.Conn.Close() })
+	return &cfConn{t: t, Client: c, c: c.Conn}, 101, nil
 }
 
 func cfDial(t testing.TB, url string) *cfConn {
@@ -255,48 +205,26 @@ func (s *cfServer) connect(t testing.TB, tok string, q ...string) *cfConn {
 	return c
 }
 
-func (c *cfConn) write(typ int, b []byte) error {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	return c.c.WriteMessage(typ, b)
-}
+func (c *cfConn) write(typ int, b []byte) error { return c.Write(typ, b) }
 
 // send writes v as a text message (a string or []byte verbatim).
 func (c *cfConn) send(v any) {
 	c.t.Helper()
-	var b []byte
-	switch x := v.(type) {
-	case string:
-		b = []byte(x)
-	case []byte:
-		b = x
-	default:
-		var err error
-		if b, err = json.Marshal(v); err != nil {
-			c.t.Fatal(err)
-		}
-	}
-	if err := c.write(websocket.TextMessage, b); err != nil {
+	if err := c.Send(v); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
 }
 
 func (c *cfConn) nextFrame(within time.Duration) cfFrame {
 	c.t.Helper()
-	select {
-	case f := <-c.in:
-		return f
-	case <-c.done:
-		select {
-		case f := <-c.in:
-			return f
-		default:
-		}
+	f, err := c.Next(within)
+	if err == wstest.ErrClosed {
 		c.t.Fatalf("%sconnection closed (code %d) while waiting for a frame", c.label(), c.closeCode())
-	case <-time.After(within):
-		c.t.Fatalf("%sno frame within %v", c.label(), within)
 	}
-	return cfFrame{}
+	if err != nil {
+		c.t.Fatalf("%s%v", c.label(), err)
+	}
+	return f
 }
 
 func (c *cfConn) label() string {
@@ -309,7 +237,7 @@ func (c *cfConn) label() string {
 // next returns the next frame within 5 s.
 func (c *cfConn) next() map[string]any {
 	c.t.Helper()
-	return c.nextFrame(5 * time.Second).m
+	return c.nextFrame(5 * time.Second).M
 }
 
 // expect returns the next frame and fails unless its type is typ.
@@ -350,10 +278,8 @@ func cfCheckRID(t testing.TB, m map[string]any, rid string) {
 // does NOT happen).
 func (c *cfConn) quiet(d time.Duration) {
 	c.t.Helper()
-	select {
-	case f := <-c.in:
-		c.t.Fatalf("%sunexpected frame %s", c.label(), f.raw)
-	case <-time.After(d):
+	if f, ok := c.Quiet(d); ok {
+		c.t.Fatalf("%sunexpected frame %s", c.label(), f.Raw)
 	}
 }
 
@@ -369,29 +295,25 @@ func (c *cfConn) ping() {
 
 func (c *cfConn) waitClose(within time.Duration) int {
 	c.t.Helper()
-	select {
-	case <-c.done:
-		return c.closeCode()
-	case <-time.After(within):
+	if !c.WaitClosed(within) {
 		c.t.Fatalf("%sconnection not closed within %v", c.label(), within)
 	}
-	return 0
+	return c.closeCode()
 }
 
-// waitCloseDrain skips frames until the close.
-func (c *cfConn) isClosed() bool {
-	select {
-	case <-c.done:
-		return true
-	default:
-		return false
-	}
-}
+func (c *cfConn) isClosed() bool { return c.Closed() }
 
+// closeCode is the server's close code: -1 while open, 1006 when the
+// connection ended without a close frame.
 func (c *cfConn) closeCode() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.code
+	code, err := c.CloseCode()
+	switch {
+	case code != 0:
+		return code
+	case err == nil:
+		return -1
+	}
+	return 1006
 }
 
 // sendMsg sends a message and returns its sent frame.
@@ -423,33 +345,27 @@ func cfG(g int64) string { return fmt.Sprintf("g:%d", g) }
 
 // ---- raw TCP client ----
 
+// cfRaw is wstest.Raw with fatal errors.
 type cfRaw struct {
 	t testing.TB
-	net.Conn
-	br *bufio.Reader
+	*wstest.Raw
 }
 
 func cfDialRaw(t testing.TB, addr string) *cfRaw {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r, err := wstest.DialRaw(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return &cfRaw{t: t, Conn: c, br: bufio.NewReader(c)}
+	t.Cleanup(func() { r.Close() })
+	return &cfRaw{t: t, Raw: r}
 }
-
-const cfUpgradeHdrs = "Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
 
 // handshake sends an upgrade for /ws?q and returns the response head.
 func (r *cfRaw) handshake(q string) string {
 	r.t.Helper()
-	path := "/ws"
-	if q != "" {
-		path += "?" + q
-	}
-	fmt.Fprintf(r, "GET %s HTTP/1.1\r\nHost: x\r\n%s\r\n", path, cfUpgradeHdrs)
-	return r.head()
+	h, _ := r.Handshake(q)
+	return h
 }
 
 func (r *cfRaw) upgrade(q string) {
@@ -457,63 +373,35 @@ func (r *cfRaw) upgrade(q string) {
 	if h := r.handshake(q); !strings.HasPrefix(h, "HTTP/1.1 101") {
 		_ = r.SetReadDeadline(time.Now().Add(time.Second))
 		body := make([]byte, 512)
-		n, _ := r.br.Read(body)
+		n, _ := r.R.Read(body)
 		r.t.Fatalf("upgrade of /ws?%s failed: %q %q", q, h, body[:n])
 	}
 }
 
 // head reads an HTTP response head.
 func (r *cfRaw) head() string {
-	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var b strings.Builder
-	for !strings.HasSuffix(b.String(), "\r\n\r\n") {
-		c, err := r.br.ReadByte()
-		if err != nil {
-			break
-		}
-		b.WriteByte(c)
-	}
-	return b.String()
+	h, _ := r.Head(5 * time.Second)
+	return h
 }
 
 // frame writes one client frame, masked unless unmasked.
 func (r *cfRaw) frame(fin bool, op byte, payload []byte, masked bool) {
 	r.t.Helper()
-	if _, err := r.Write(wstest.ClientFrame(fin, op, payload, masked, [4]byte{7, 1, 9, 3})); err != nil {
+	if err := r.WriteFrame(fin, op, payload, masked, [4]byte{7, 1, 9, 3}); err != nil {
 		r.t.Fatalf("write frame: %v", err)
 	}
 }
 
 // readFrame reads one server frame within d.
 func (r *cfRaw) readFrame(d time.Duration) (op byte, payload []byte, err error) {
-	_ = r.SetReadDeadline(time.Now().Add(d))
-	return wstest.ReadServerFrame(r.br)
+	return r.ReadFrame(d)
 }
 
 // expectClose reads frames until a close frame (within d) and returns its
 // code (1005 without one); it then checks that TCP closes within 1 s.
 func (r *cfRaw) expectClose(d time.Duration) int {
 	r.t.Helper()
-	deadline := time.Now().Add(d)
-	for {
-		op, p, err := r.readFrame(time.Until(deadline))
-		if err != nil {
-			r.t.Fatalf("no close frame: %v", err)
-		}
-		if op == 8 {
-			code := 1005
-			if len(p) >= 2 {
-				code = int(p[0])<<8 | int(p[1])
-			}
-			_ = r.SetReadDeadline(time.Now().Add(time.Second + cfSlack()))
-			if _, err := r.br.ReadByte(); err == nil {
-				r.t.Errorf("data after the close frame")
-			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				r.t.Errorf("TCP not closed within 1s after the close frame")
-			}
-			return code
-		}
-	}
+	return r.ExpectClose(r.t, d, time.Second+cfSlack())
 }
 
 // ---- process inspection ----
@@ -560,8 +448,6 @@ func cfTCPState(t testing.TB, local, remote *net.TCPAddr) (state string, txq, rx
 	}
 	return "", 0, 0, false
 }
-
-func cfNewReader(c net.Conn) *bufio.Reader { return bufio.NewReader(c) }
 
 // cfLag measures how late this process's own timers fire while a timing
 // check runs: on a loaded machine the server's timers are delayed alike,

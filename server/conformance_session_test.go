@@ -6,8 +6,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/gorilla/websocket"
-
 	"github.com/magpie-im/magpie/server"
 )
 
@@ -174,9 +172,7 @@ func TestConformanceSession(t *testing.T) {
 	})
 	t.Run("client close is echoed", func(t *testing.T) {
 		c := s.connect(t, atok)
-		c.wmu.Lock()
-		_ = c.c.WriteControl(websocket.CloseMessage, websocket.FormatCloseMessage(4321, "bye"), time.Now().Add(time.Second))
-		c.wmu.Unlock()
+		_ = c.WriteClose(4321, "bye")
 		if code := c.waitClose(2 * time.Second); code != 4321 {
 			t.Fatalf("echo %d, want 4321", code)
 		}

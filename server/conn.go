@@ -1,9 +1,8 @@
 package server
 
 import (
-	"context"
-	"slices"
 	"time"
+	"unicode/utf8"
 
 	"github.com/panjf2000/gnet/v2"
 
@@ -32,9 +31,11 @@ const (
 )
 
 // conn is the per-connection state. Every field is owned by the
-// connection's event loop (REQUIRES: owning event loop) except gc and lp,
-// which are set before anything else can see the conn and never change,
-// and the two wheel timers, which are safe from any goroutine.
+// connection's event loop (REQUIRES: owning event loop) except the rt*
+// scratch (the router goroutine's) and gc, lp, uid and device: gc and lp are set before anything else can see the conn,
+// uid and device before it enters the sessions index, and none changes
+// afterwards, so the router and the workers may read them. The two wheel
+// timers are safe from any goroutine.
 type conn struct {
 	gc     gnet.Conn
 	lp     *loop
@@ -49,164 +50,14 @@ type conn struct {
 	lastSeen int64       // wheel time of the last complete client frame
 	retxAt   int64       // deadline retx is set to (0: disarmed)
 
+	// Router scratch: touched only by the router goroutine (router.add).
+	rtMark         uint64
+	rtHead, rtTail int32
+
 	win    *window  // unacked pushes; nil while empty
 	pend   [][]byte // frames queued for the end of the current loop task
 	tokens float64  // send rate bucket
 	tokAt  int64
-}
-
-// loop is the state of one gnet event loop. REQUIRES: owning event loop
-// for every field but el.
-type loop struct {
-	srv   *Server
-	el    gnet.EventLoop
-	conns []*conn            // every conn of this loop
-	users map[uint64][]*conn // authenticated conns of this loop by uid
-	dirty []*conn            // conns with pend frames
-	fb    frameBuf           // reply scratch
-	arena []byte             // frames queued until the next flush
-	st    loopStats          // hot-path counters (atomics: read by /metrics)
-
-	spareWins []*window  // recycled ACK windows (see takeWindow)
-	sparePend [][][]byte // recycled pend lists
-	req       request    // decoder scratch
-}
-
-// handler is the gnet.EventHandler.
-type handler struct {
-	gnet.BuiltinEventEngine
-	srv *Server
-}
-
-func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
-	h.srv.booted(eng)
-	return gnet.None
-}
-
-func (h *handler) OnOpen(gc gnet.Conn) ([]byte, gnet.Action) {
-	s := h.srv
-	s.m.connsAccepted.Inc()
-	if s.draining.Load() {
-		return nil, gnet.Close
-	}
-	s.m.connsOpen.Inc()
-	lp := s.loopOf(gc.EventLoop())
-	c := &conn{gc: gc, lp: lp, state: stHandshake}
-	c.parser.MaxMessage = s.cfg.MaxMessage
-	c.idx = int32(len(lp.conns))
-	lp.conns = append(lp.conns, c)
-	gc.SetContext(c)
-	c.idle.Init(s.wheel, c.onIdleFire)
-	c.retx.Init(s.wheel, c.onRetxFire)
-	c.lastSeen = s.wheel.Precise() // accept time, until authenticated
-	c.idle.Set(s.wheel.Now() + int64(s.cfg.AuthTimeout))
-	return nil, gnet.None
-}
-
-func (h *handler) OnClose(gc gnet.Conn, _ error) gnet.Action {
-	c, ok := gc.Context().(*conn)
-	if !ok || c == nil {
-		return gnet.None
-	}
-	s := h.srv
-	s.m.connsOpen.Dec()
-	c.state = stClosed
-	c.idle.Stop()
-	c.retx.Stop()
-	lp := c.lp
-	lp.giveWindow(c.win)
-	c.win = nil
-	c.pend = nil
-	last := len(lp.conns) - 1
-	lp.conns[c.idx] = lp.conns[last]
-	lp.conns[c.idx].idx = c.idx
-	lp.conns[last] = nil
-	lp.conns = lp.conns[:last]
-	if c.uid != 0 {
-		lp.removeUser(c)
-		s.offline(c)
-	}
-	return gnet.None
-}
-
-func (h *handler) OnTraffic(gc gnet.Conn) gnet.Action {
-	c := gc.Context().(*conn)
-	s := h.srv
-	buf, _ := gc.Peek(-1)
-	c.lp.st.bytesIn.Add(uint64(len(buf)))
-	if c.state >= stClosing {
-		_, _ = gc.Discard(len(buf))
-		return gnet.None
-	}
-	off := 0
-	if c.state == stHandshake {
-		n := wsproto.RequestEnd(buf)
-		if n == 0 {
-			return gnet.None
-		}
-		if n < 0 {
-			s.m.handshakes.WithLabelValues("431").Inc()
-			_, _ = gc.Write(wsproto.AppendHTTPError(nil, 431, "request header fields too large"))
-			c.state = stClosing
-			return gnet.Close
-		}
-		var req wsproto.Request
-		resp, status := s.upgrader.Upgrade(buf[:n], &req)
-		s.countHandshake(status)
-		_, _ = gc.Write(resp)
-		if c.state != stHandshake {
-			// The write failed (say, the peer reset) and gnet closed the
-			// connection inside it: OnClose ran. Registering it now would
-			// leave a ghost in the router whose writes go to a closed fd
-			// that a new connection may already have been given.
-			return gnet.None
-		}
-		if status != 101 {
-			c.state = stClosing
-			return gnet.Close
-		}
-		c.state = stOpen
-		off = n
-		if req.UID != 0 {
-			c.authenticate(req.UID, req.Device)
-		}
-	}
-	frames := 0
-	for off < len(buf) && c.state == stOpen {
-		f, n, err := c.parser.Next(buf[off:])
-		if err != nil {
-			if ce, ok := err.(*wsproto.CloseError); ok {
-				c.closeWith(ce.Code, ce.Reason)
-			} else {
-				c.closeWith(wsproto.CloseProtocol, "protocol error")
-			}
-			break
-		}
-		if n == 0 {
-			break
-		}
-		off += n
-		frames++
-		c.frame(f)
-	}
-	if frames > 0 {
-		c.lp.st.framesIn.Add(uint64(frames))
-		if c.uid != 0 && c.state == stOpen {
-			// One precise clock read per read event (not per frame): the
-			// coarse clock can lag after a stall, which would make the
-			// idle deadline early.
-			now := s.wheel.Precise()
-			c.lastSeen = now
-			c.idle.Set(now + int64(s.cfg.IdleTimeout))
-		}
-	}
-	if off > 0 {
-		// Never Discard(0): gnet treats n <= 0 as "everything buffered",
-		// which would drop a frame whose first bytes arrived alone.
-		_, _ = gc.Discard(off)
-	}
-	c.lp.flush()
-	return gnet.None
 }
 
 // frame handles one complete frame. REQUIRES: owning event loop.
@@ -217,7 +68,7 @@ func (c *conn) frame(f wsproto.Frame) {
 	case wsproto.OpBinary:
 		c.closeWith(wsproto.CloseUnsupported, "binary messages are not supported")
 	case wsproto.OpPing:
-		c.writeNow(wsproto.AppendFrame(c.lp.fb.start()[:0], wsproto.OpPong, f.Payload))
+		c.queue(c.lp.stash(wsproto.AppendFrame(c.lp.fb.start()[:0], wsproto.OpPong, f.Payload)))
 	case wsproto.OpPong:
 	case wsproto.OpClose:
 		code := f.CloseCode
@@ -228,41 +79,36 @@ func (c *conn) frame(f wsproto.Frame) {
 	}
 }
 
-// writeNow writes one complete frame. REQUIRES: owning event loop.
-func (c *conn) writeNow(frame []byte) {
-	if c.state != stOpen {
-		return
-	}
-	c.lp.st.framesOut.Add(1)
-	c.lp.st.bytesOut.Add(uint64(len(frame)))
-	_, _ = c.gc.Write(frame)
-	c.checkOutbound()
-}
-
-// reply frames and writes a JSON payload built on c.lp.fb.start().
-func (c *conn) reply(payload []byte) {
-	c.writeNow(c.lp.fb.finish(payload))
-}
-
+// checkOutbound closes 4008 when gnet holds more than --max-outbound
+// unwritten bytes. REQUIRES: owning event loop.
 func (c *conn) checkOutbound() {
 	if c.state == stOpen && c.gc.OutboundBuffered() > c.lp.srv.cfg.MaxOutbound {
 		c.closeWith(closeSlow, "slow consumer")
 	}
 }
 
-// closeWith queues a close frame with code, stops taking frames, and
+// closeWith writes a close frame with code, stops taking frames, and
 // closes TCP once the frame is written (at most 5 s later for a peer that
-// does not read). REQUIRES: owning event loop.
+// does not read). 4008 drops the frames queued and not yet handed to gnet
+// (PROTOCOL §7: the peer does not read; push flushes first when the 4008
+// is for --max-inflight); every other close goes out after them.
+// REQUIRES: owning event loop.
 func (c *conn) closeWith(code uint16, reason string) {
 	if c.state != stOpen {
 		return
 	}
 	s := c.lp.srv
+	if code != closeSlow {
+		c.flushPend()
+		if c.state != stOpen { // the flush closed it (4008 or a failed write)
+			return
+		}
+	}
 	c.state = stClosing
 	s.m.closed(code)
-	c.pend = nil
+	clear(c.pend)
+	c.pend = c.pend[:0]
 	if c.win != nil {
-		clear(c.win.ents)
 		c.lp.giveWindow(c.win)
 		c.win = nil
 	}
@@ -278,6 +124,7 @@ func (c *conn) closeWith(code uint16, reason string) {
 }
 
 // dropTCP closes without a close frame (handshake never completed).
+// REQUIRES: owning event loop.
 func (c *conn) dropTCP() {
 	if c.state >= stClosing {
 		return
@@ -286,47 +133,44 @@ func (c *conn) dropTCP() {
 	_ = c.gc.Close()
 }
 
-// onIdleFire runs on a wheel goroutine: hand off to the loop.
-func (c *conn) onIdleFire() {
-	_ = c.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(c.onIdle))
-}
+// onIdleFire and onRetxFire run on a wheel goroutine: they hand the
+// expiry to the loop (batched per tick), never waiting.
+func (c *conn) onIdleFire() { c.lp.putExpiry(c, timerIdle) }
 
-func (c *conn) onRetxFire() {
-	_ = c.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(c.onRetx))
-}
+// onRetxFire: see onIdleFire. A wheel goroutine.
+func (c *conn) onRetxFire() { c.lp.putExpiry(c, timerRetx) }
 
 // onIdle handles the idle/auth/closing deadline. REQUIRES: owning event loop.
-func (c *conn) onIdle(context.Context) error {
+func (c *conn) onIdle() {
 	s := c.lp.srv
 	switch c.state {
 	case stClosed:
-		return nil
+		return
 	case stClosing:
 		if c.gc.OutboundBuffered() == 0 || s.wheel.Precise() >= c.lastSeen {
 			_ = c.gc.Close()
-			return nil
+			return
 		}
 		c.idle.Set(s.wheel.Now() + int64(100*time.Millisecond))
-		return nil
+		return
 	case stHandshake:
 		if !c.authRearmed() {
 			c.dropTCP() // slowloris: no response
 		}
-		return nil
+		return
 	}
 	if c.uid == 0 {
 		if !c.authRearmed() {
 			c.closeWith(closeAuthTimeout, "auth timeout")
 		}
-		return nil
+		return
 	}
 	deadline := c.lastSeen + int64(s.cfg.IdleTimeout)
 	if s.wheel.Precise() < deadline {
 		c.idle.Set(deadline) // traffic raced with the expiry
-		return nil
+		return
 	}
 	c.closeWith(closeIdle, "idle timeout")
-	return nil
 }
 
 // authRearmed re-arms the auth deadline (accept + --auth-timeout) and
@@ -355,12 +199,11 @@ func (c *conn) authenticate(uid uint64, device string) {
 		c.tokens = float64(2 * s.cfg.SendRate)
 		c.tokAt = s.wheel.Precise()
 	}
-	c.lp.addUser(c)
 	s.online(c)
 	c.reply(s.appendWelcome(c.lp.fb.start(), uid))
 }
 
-// allowSend takes a token from the send bucket.
+// allowSend takes a token from the send bucket. REQUIRES: owning event loop.
 func (c *conn) allowSend() bool {
 	rate := c.lp.srv.cfg.SendRate
 	if rate == 0 {
@@ -379,30 +222,136 @@ func (c *conn) allowSend() bool {
 	return true
 }
 
-func (lp *loop) addUser(c *conn) {
-	lp.users[c.uid] = append(lp.users[c.uid], c)
-}
-
-// removeUser drops c from its uid's list. It builds a new list rather than
-// editing in place: the loop may be walking the old one right now (deliver,
-// broadcastRead), since a write that fails inside such a walk runs OnClose,
-// hence removeUser, before it returns. In place, the walk would meet a nil
-// hole and skip the connection moved into c's slot.
-func (lp *loop) removeUser(c *conn) {
-	list := lp.users[c.uid]
-	i := slices.Index(list, c)
-	switch {
-	case i < 0:
-	case len(list) == 1:
-		delete(lp.users, c.uid)
-	default:
-		next := make([]*conn, 0, len(list)-1)
-		lp.users[c.uid] = append(append(next, list[:i]...), list[i+1:]...)
-	}
-}
-
-// errorReply writes an error frame. REQUIRES: owning event loop.
+// errorReply queues an error frame. REQUIRES: owning event loop.
 func (c *conn) errorReply(rid []byte, cmid string, code storage.Code, msg string) {
 	c.lp.srv.m.errors.WithLabelValues(string(code)).Inc()
 	c.reply(appendError(c.lp.fb.start(), rid, cmid, code, msg))
+}
+
+// text handles one text message. REQUIRES: owning event loop.
+func (c *conn) text(p []byte) {
+	s := c.lp.srv
+	r := &c.lp.req
+	err := decodeRequest(p, r)
+	if c.uid == 0 {
+		// Before authentication only a valid auth frame is accepted.
+		if err != nil || r.typ != tAuth || r.badField != "" || len(r.token) == 0 ||
+			len(r.device) > 64 || (r.has&hasRID != 0 && !validRID(r.rid)) {
+			c.closeWith(closeUnauthorized, "unauthorized")
+			return
+		}
+		uid, verr := s.signer.Verify(string(r.token))
+		if verr != nil {
+			c.closeWith(closeUnauthorized, "unauthorized")
+			return
+		}
+		c.authenticate(uid, string(r.device))
+		return
+	}
+	if err != nil {
+		c.errorReply(nil, "", storage.BadRequest, "malformed JSON")
+		return
+	}
+	var rid []byte
+	if r.has&hasRID != 0 {
+		if !validRID(r.rid) || r.badField == "rid" {
+			// The error carries the request's cmid where it had one (§4).
+			var cmid string
+			if r.typ == tSend && len(r.cmid) >= 1 && len(r.cmid) <= 64 {
+				cmid = string(r.cmid)
+			}
+			c.errorReply(nil, cmid, storage.BadRequest, "rid must be a string of 1-64 bytes")
+			return
+		}
+		rid = r.rid
+	}
+	if r.typ == tSend {
+		c.send(r, rid)
+		return
+	}
+	if r.badField != "" {
+		c.errorReply(rid, "", storage.BadRequest, "bad field: "+r.badField)
+		return
+	}
+	switch r.typ {
+	case tPing:
+		c.reply(appendPong(c.lp.fb.start(), rid))
+	case tAck:
+		c.ack(r)
+	case tAuth:
+		c.errorReply(rid, "", storage.BadRequest, "already authenticated")
+	case tRead:
+		c.read(r, rid)
+	case tConvs:
+		c.convs(rid)
+	case tHistory:
+		c.history(r, rid)
+	case tGroupCreate, tGroupJoin, tGroupLeave, tGroupMembers:
+		c.groupOp(r, rid)
+	default:
+		c.errorReply(rid, "", storage.BadRequest, "unknown type")
+	}
+}
+
+// validRID reports whether rid is 1-64 bytes (PROTOCOL §4).
+// Any goroutine.
+func validRID(rid []byte) bool { return len(rid) >= 1 && len(rid) <= 64 }
+
+// send validates a send frame and queues it for the committer.
+// REQUIRES: owning event loop.
+// Checks, in order (PROTOCOL §4): send rate, fields, then the committer's.
+func (c *conn) send(r *request, rid []byte) {
+	s := c.lp.srv
+	if !c.allowSend() {
+		c.closeWith(closeRate, "send rate exceeded")
+		return
+	}
+	var cmid string
+	if r.has&hasCMID != 0 && r.badField != "cmid" && len(r.cmid) >= 1 && len(r.cmid) <= 64 {
+		cmid = string(r.cmid)
+	}
+	switch {
+	case r.badField != "":
+		c.errorReply(rid, cmid, storage.BadRequest, "bad field: "+r.badField)
+		return
+	case cmid == "":
+		c.errorReply(rid, "", storage.BadRequest, "cmid must be a string of 1-64 bytes")
+		return
+	case (r.has&hasTo != 0) == (r.has&hasGroup != 0):
+		c.errorReply(rid, cmid, storage.BadRequest, "exactly one of to and group is required")
+		return
+	case r.has&hasTo != 0 && r.to == 0, r.has&hasGroup != 0 && r.group == 0:
+		c.errorReply(rid, cmid, storage.BadRequest, "to and group are positive integers")
+		return
+	case r.has&hasBody == 0 || len(r.body) == 0:
+		c.errorReply(rid, cmid, storage.BadRequest, "body is required")
+		return
+	case !utf8.Valid(r.body):
+		c.errorReply(rid, cmid, storage.BadRequest, "body is not valid UTF-8")
+		return
+	case len(r.kind) > 32:
+		c.errorReply(rid, cmid, storage.BadRequest, "kind is at most 32 bytes")
+		return
+	}
+	if s.draining.Load() {
+		c.errorReply(rid, cmid, storage.RateLimited, "server shutting down")
+		return
+	}
+	kind := "text"
+	if len(r.kind) > 0 {
+		kind = string(r.kind)
+	}
+	m := &storage.Send{From: c.uid, CMID: cmid, To: r.to, Group: r.group, Kind: kind, Body: string(r.body)}
+	if rid != nil {
+		m.Tag = &sendTag{c: c, rid: string(rid)}
+	} else {
+		m.Tag = c
+	}
+	if err := s.store.Submit(m); err != nil {
+		code, msg := storage.RateLimited, "server busy, retry"
+		if se, ok := err.(*storage.Error); ok {
+			code, msg = se.Code, se.Msg
+		}
+		c.errorReply(rid, cmid, code, msg)
+	}
 }

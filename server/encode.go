@@ -1,5 +1,9 @@
 package server
 
+// Frame encoding. Every function here is pure over its arguments and safe
+// from any goroutine; a frameBuf belongs to whoever holds it (the loop's
+// reply scratch: REQUIRES: owning event loop).
+
 import (
 	"strconv"
 	"unicode/utf8"

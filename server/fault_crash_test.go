@@ -207,18 +207,18 @@ func (s *fltSender) run(t testing.TB, srv *testserver.Server, round, window int,
 			pause = tm.C
 		}
 		select {
-		case f := <-c.in:
-			handle(f)
+		case f := <-c.In:
+			handle(fltFrame(f.M))
 		drain:
 			for {
 				select {
-				case f := <-c.in:
-					handle(f)
+				case f := <-c.In:
+					handle(fltFrame(f.M))
 				default:
 					break drain
 				}
 			}
-		case <-c.done:
+		case <-c.Done:
 			alive = false
 		case <-pause:
 		}
@@ -233,11 +233,11 @@ func (s *fltSender) run(t testing.TB, srv *testserver.Server, round, window int,
 		}
 	}
 	// The server is gone: every reply that arrived before is valid.
-	<-c.done
+	<-c.Done
 	for {
 		select {
-		case f := <-c.in:
-			handle(f)
+		case f := <-c.In:
+			handle(fltFrame(f.M))
 		default:
 			return
 		}

@@ -8,16 +8,16 @@ package server_test
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net/http"
-	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
 	"github.com/magpie-im/magpie/internal/testserver"
+	"github.com/magpie-im/magpie/internal/wstest"
 	"github.com/magpie-im/magpie/server"
 )
 
@@ -68,16 +68,12 @@ type fltFrame map[string]any
 func (f fltFrame) str(k string) string { s, _ := f[k].(string); return s }
 func (f fltFrame) num(k string) uint64 { n, _ := f[k].(float64); return uint64(n) }
 
-// fltConn is a WebSocket client with a reader goroutine. Only one goroutine
-// may write (write, writeRaw); any may read in.
+// fltConn is wstest.Client with errors returned (fault tests run against
+// a server that may die at any moment); c is its connection.
 type fltConn struct {
-	c    *websocket.Conn
-	in   chan fltFrame // frames in arrival order
-	done chan struct{} // closed when the reader stops (after the last fltFrame)
-
-	mu   sync.Mutex
-	code int   // close code of the server's close frame; 0: none
-	err  error // the reader's final error
+	*wstest.Client
+	c   *websocket.Conn
+	bad atomic.Pointer[error] // a message that was not a JSON object
 }
 
 // dial opens a WebSocket; a non-empty tok authenticates in the URL and the
@@ -87,24 +83,26 @@ func fltDial(srv *testserver.Server, tok string) (*fltConn, error) {
 	if tok != "" {
 		url += "?token=" + tok
 	}
-	d := websocket.Dialer{HandshakeTimeout: 10 * time.Second}
-	c, resp, err := d.Dial(url, nil)
+	wc := &fltConn{}
+	c, st, err := wstest.Dial(url, wstest.ClientOptions{EchoClose: true, OnBad: func(_ int, p []byte) {
+		err := fmt.Errorf("server sent invalid JSON %q", p)
+		wc.bad.CompareAndSwap(nil, &err)
+	}})
 	if err != nil {
-		if resp != nil {
-			return nil, fmt.Errorf("dial: %w (HTTP %d)", err, resp.StatusCode)
+		if st != 0 {
+			return nil, fmt.Errorf("dial: %w (HTTP %d)", err, st)
 		}
 		return nil, fmt.Errorf("dial: %w", err)
 	}
-	wc := &fltConn{c: c, in: make(chan fltFrame, 1<<14), done: make(chan struct{})}
-	go wc.read()
+	wc.Client, wc.c = c, c.Conn
 	if tok != "" {
 		f, err := wc.next(10 * time.Second)
 		if err != nil {
-			c.Close()
+			c.Conn.Close()
 			return nil, fmt.Errorf("waiting for welcome: %w", err)
 		}
 		if f.str("type") != "welcome" {
-			c.Close()
+			c.Conn.Close()
 			return nil, fmt.Errorf("want welcome, got %v", f)
 		}
 	}
@@ -121,72 +119,28 @@ func fltMustDial(t testing.TB, srv *testserver.Server, tok string) *fltConn {
 	return c
 }
 
-func (c *fltConn) read() {
-	defer close(c.done)
-	for {
-		_, p, err := c.c.ReadMessage()
-		if err != nil {
-			c.mu.Lock()
-			var ce *websocket.CloseError
-			if errors.As(err, &ce) {
-				c.code = ce.Code
-			}
-			c.err = err
-			c.mu.Unlock()
-			return
-		}
-		var f fltFrame
-		if err := json.Unmarshal(p, &f); err != nil {
-			c.mu.Lock()
-			c.err = fmt.Errorf("server sent invalid JSON %q: %w", p, err)
-			c.mu.Unlock()
-			return
-		}
-		c.in <- f
-	}
-}
-
-var fltErrClosed = errors.New("connection closed")
+var fltErrClosed = wstest.ErrClosed
 
 // next returns the next frame, fltErrClosed once the connection is closed and
 // every frame before the close was taken, or a timeout error.
+// A message that was not a JSON object is an error too.
 func (c *fltConn) next(within time.Duration) (fltFrame, error) {
-	tm := time.NewTimer(within)
-	defer tm.Stop()
-	select {
-	case f := <-c.in:
-		return f, nil
-	case <-c.done:
-		select {
-		case f := <-c.in:
-			return f, nil
-		default:
-			return nil, fltErrClosed
-		}
-	case <-tm.C:
-		return nil, fmt.Errorf("no frame within %v", within)
+	if e := c.bad.Load(); e != nil {
+		return nil, *e
 	}
+	f, err := c.Next(within)
+	return fltFrame(f.M), err
 }
 
-func (c *fltConn) write(v any) error {
-	b, err := json.Marshal(v)
-	if err != nil {
-		return err
-	}
-	return c.c.WriteMessage(websocket.TextMessage, b)
-}
+func (c *fltConn) write(v any) error { return c.Send(v) }
 
 // closeCode waits up to within for the reader to stop and returns the close
 // code the server sent (0: none) and the reader's error.
 func (c *fltConn) closeCode(within time.Duration) (int, error) {
-	select {
-	case <-c.done:
-	case <-time.After(within):
+	if !c.WaitClosed(within) {
 		return 0, fmt.Errorf("connection not closed within %v", within)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.code, c.err
+	return c.CloseCode()
 }
 
 // request writes v (which carries rid) and returns the reply with that rid,

@@ -30,7 +30,7 @@ type fltBurst struct {
 }
 
 // mark notes how many frames arrived before now.
-func (b *fltBurst) mark() { b.before = len(b.c.in) }
+func (b *fltBurst) mark() { b.before = len(b.c.In) }
 
 // fltStartBurst connects uid and checks that sends work (10 sent); then
 // fire writes n sends to `to` back to back without reading, all in the

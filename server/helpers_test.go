@@ -4,13 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
-	"net"
 	"net/http"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -125,55 +121,23 @@ func (ts *testServer) user(name string) (uint64, string) {
 	return uid, tok
 }
 
-// wsClient is a test client on gorilla/websocket with a reader goroutine.
+// wsClient is wstest.Client with fatal errors; c is its connection.
 type wsClient struct {
-	t      testing.TB
-	c      *websocket.Conn
-	in     chan map[string]any
-	closed chan struct{}
-	mu     sync.Mutex
-	code   int // close code received
+	t testing.TB
+	*wstest.Client
+	c *websocket.Conn
 }
 
 func dialWS(t testing.TB, url string) *wsClient {
 	t.Helper()
-	c, resp, err := websocket.DefaultDialer.Dial(url, nil)
+	c, st, err := wstest.Dial(url, wstest.ClientOptions{OnBad: func(_ int, p []byte) {
+		t.Errorf("server sent invalid JSON %q", p)
+	}})
 	if err != nil {
-		st := 0
-		if resp != nil {
-			st = resp.StatusCode
-		}
 		t.Fatalf("dial %s: %v (HTTP %d)", url, err, st)
 	}
-	wc := &wsClient{t: t, c: c, in: make(chan map[string]any, 4096), closed: make(chan struct{})}
-	c.SetCloseHandler(func(code int, text string) error {
-		wc.mu.Lock()
-		wc.code = code
-		wc.mu.Unlock()
-		return nil
-	})
-	go func() {
-		defer close(wc.closed)
-		for {
-			_, p, err := c.ReadMessage()
-			if err != nil {
-				if ce, ok := err.(*websocket.CloseError); ok {
-					wc.mu.Lock()
-					wc.code = ce.Code
-					wc.mu.Unlock()
-				}
-				return
-			}
-			var m map[string]any
-			if err := json.Unmarshal(p, &m); err != nil {
-				t.Errorf("server sent invalid JSON %q", p)
-				return
-			}
-			wc.in <- m
-		}
-	}()
-	t.Cleanup(func() { c.Close() })
-	return wc
+	t.Cleanup(func() { c.Conn.Close() })
+	return &wsClient{t: t, Client: c, c: c.Conn}
 }
 
 // login dials with the token in the URL and waits for welcome.
@@ -189,14 +153,7 @@ func login(t testing.TB, ts *testServer, tok string) *wsClient {
 
 func (c *wsClient) send(v any) {
 	c.t.Helper()
-	var b []byte
-	switch x := v.(type) {
-	case string:
-		b = []byte(x)
-	default:
-		b, _ = json.Marshal(v)
-	}
-	if err := c.c.WriteMessage(websocket.TextMessage, b); err != nil {
+	if err := c.Send(v); err != nil {
 		c.t.Fatalf("write: %v", err)
 	}
 }
@@ -204,20 +161,14 @@ func (c *wsClient) send(v any) {
 // next returns the next frame within 5 s.
 func (c *wsClient) next() map[string]any {
 	c.t.Helper()
-	select {
-	case m := <-c.in:
-		return m
-	case <-c.closed:
-		select {
-		case m := <-c.in:
-			return m
-		default:
-		}
+	f, err := c.Next(5 * time.Second)
+	if err == wstest.ErrClosed {
 		c.t.Fatalf("connection closed (code %d) while waiting for a frame", c.closeCode())
-	case <-time.After(5 * time.Second):
-		c.t.Fatal("no frame within 5s")
 	}
-	return nil
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	return f.M
 }
 
 // nextType skips frames until one of type typ.
@@ -234,29 +185,23 @@ func (c *wsClient) nextType(typ string) map[string]any {
 // waitClose waits for the connection to close and returns the close code.
 func (c *wsClient) waitClose(within time.Duration) int {
 	c.t.Helper()
-	select {
-	case <-c.closed:
-		return c.closeCode()
-	case <-time.After(within):
+	if !c.WaitClosed(within) {
 		c.t.Fatalf("connection not closed within %v", within)
 	}
-	return 0
+	return c.closeCode()
 }
 
 func (c *wsClient) closeCode() int {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.code
+	code, _ := c.CloseCode()
+	return code
 }
 
 // expectQuiet asserts that no frame arrives for d (used only to check that
 // something does NOT happen; never to wait for something that should).
 func (c *wsClient) expectQuiet(d time.Duration) {
 	c.t.Helper()
-	select {
-	case m := <-c.in:
-		c.t.Fatalf("unexpected frame %v", m)
-	case <-time.After(d):
+	if f, ok := c.Quiet(d); ok {
+		c.t.Fatalf("unexpected frame %v", f.M)
 	}
 }
 
@@ -265,86 +210,53 @@ func num(v any) uint64 {
 	return uint64(f)
 }
 
-// rawConn is a TCP connection for protocol-violation tests.
+// rawConn is a TCP connection for protocol-violation tests (wstest.Raw
+// with fatal errors).
 type rawConn struct {
 	t testing.TB
-	net.Conn
+	*wstest.Raw
 }
 
 func dialRaw(t testing.TB, addr string) *rawConn {
 	t.Helper()
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	r, err := wstest.DialRaw(addr)
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { c.Close() })
-	return &rawConn{t: t, Conn: c}
+	t.Cleanup(func() { r.Close() })
+	return &rawConn{t: t, Raw: r}
 }
 
 // upgrade performs a valid handshake on path with query q.
 func (r *rawConn) upgrade(q string) {
 	r.t.Helper()
-	path := "/ws"
-	if q != "" {
-		path += "?" + q
-	}
-	fmt.Fprintf(r, "GET %s HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n", path)
-	resp := r.readHTTP()
-	if !strings.HasPrefix(resp, "HTTP/1.1 101") {
-		r.t.Fatalf("upgrade failed: %q", resp)
+	if err := r.Upgrade(q); err != nil {
+		r.t.Fatal(err)
 	}
 }
 
 // readHTTP reads one HTTP response head.
 func (r *rawConn) readHTTP() string {
-	r.t.Helper()
-	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	var b []byte
-	one := make([]byte, 1)
-	for !bytes.HasSuffix(b, []byte("\r\n\r\n")) {
-		if _, err := r.Read(one); err != nil {
-			return string(b)
-		}
-		b = append(b, one[0])
-	}
-	return string(b)
+	h, _ := r.Head(5 * time.Second)
+	return h
 }
 
 // frame writes a client frame (masked unless unmasked is set).
 func (r *rawConn) frame(fin bool, op byte, payload []byte, masked bool) {
 	r.t.Helper()
-	if _, err := r.Write(wstest.ClientFrame(fin, op, payload, masked, [4]byte{1, 2, 3, 4})); err != nil {
+	if err := r.WriteFrame(fin, op, payload, masked, [4]byte{1, 2, 3, 4}); err != nil {
 		r.t.Fatalf("write frame: %v", err)
 	}
 }
 
 // readFrame reads one server frame (unmasked) within 5 s.
 func (r *rawConn) readFrame() (op byte, payload []byte, err error) {
-	_ = r.SetReadDeadline(time.Now().Add(5 * time.Second))
-	return wstest.ReadServerFrame(r)
+	return r.ReadFrame(5 * time.Second)
 }
 
 // expectClose reads frames until a close frame and returns its code, and
 // checks that TCP is closed afterwards.
 func (r *rawConn) expectClose() int {
 	r.t.Helper()
-	for {
-		op, p, err := r.readFrame()
-		if err != nil {
-			r.t.Fatalf("no close frame: %v", err)
-		}
-		if op == 8 {
-			code := 1005
-			if len(p) >= 2 {
-				code = int(p[0])<<8 | int(p[1])
-			}
-			_ = r.SetReadDeadline(time.Now().Add(2 * time.Second))
-			if _, err := r.Read(make([]byte, 1)); err == nil {
-				r.t.Errorf("data after close frame")
-			} else if ne, ok := err.(net.Error); ok && ne.Timeout() {
-				r.t.Errorf("TCP not closed within 2s after close frame")
-			}
-			return code
-		}
-	}
+	return r.ExpectClose(r.t, 5*time.Second, 2*time.Second)
 }

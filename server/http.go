@@ -18,6 +18,7 @@ import (
 // maxAPIBody bounds every /api request body.
 const maxAPIBody = 4096
 
+// httpHandler returns the HTTP mux. Run, once.
 func (s *Server) httpHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /api/register", s.handleRegister)
@@ -53,12 +54,14 @@ func (s *Server) httpHandler() http.Handler {
 	return mux
 }
 
+// apiError writes a JSON error. An HTTP handler goroutine.
 func apiError(w http.ResponseWriter, status int, code, msg string) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
 	_ = json.NewEncoder(w).Encode(map[string]string{"error": code, "message": msg})
 }
 
+// apiJSON writes v as JSON. An HTTP handler goroutine.
 func apiJSON(w http.ResponseWriter, status int, v any) {
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(status)
@@ -71,6 +74,7 @@ type credentials struct {
 }
 
 // readCredentials decodes {"username","password"}; it answers 400 itself.
+// An HTTP handler goroutine.
 func readCredentials(w http.ResponseWriter, r *http.Request) (string, string, bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, maxAPIBody))
 	if err != nil {
@@ -89,6 +93,7 @@ func readCredentials(w http.ResponseWriter, r *http.Request) (string, string, bo
 	return *c.Username, *c.Password, true
 }
 
+// validUsername checks PROTOCOL §2's username rule. Any goroutine.
 func validUsername(u string) bool {
 	if len(u) < 1 || len(u) > 32 {
 		return false
@@ -102,6 +107,7 @@ func validUsername(u string) bool {
 	return true
 }
 
+// handleRegister is POST /api/register. An HTTP handler goroutine.
 func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 	name, pw, ok := readCredentials(w, r)
 	if !ok {
@@ -137,6 +143,7 @@ func (s *Server) handleRegister(w http.ResponseWriter, r *http.Request) {
 // dummyHash makes a login for an unknown user cost as much as a real one.
 var dummyHash = HashPassword("magpie-dummy-password")
 
+// handleLogin is POST /api/login. An HTTP handler goroutine.
 func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 	name, pw, ok := readCredentials(w, r)
 	if !ok {
@@ -168,6 +175,7 @@ func (s *Server) handleLogin(w http.ResponseWriter, r *http.Request) {
 }
 
 // wsURL is --ws-url, else ws://HOST:PORT/ws with HOST from the request.
+// An HTTP handler goroutine.
 func (s *Server) wsURL(r *http.Request) string {
 	if s.cfg.WSURL != "" {
 		return s.cfg.WSURL
@@ -183,6 +191,7 @@ func (s *Server) wsURL(r *http.Request) string {
 	return "ws://" + net.JoinHostPort(host, strconv.Itoa(s.wsPort)) + "/ws"
 }
 
+// handleUsers is GET /api/users. An HTTP handler goroutine.
 func (s *Server) handleUsers(w http.ResponseWriter, r *http.Request) {
 	auth := r.Header.Get("Authorization")
 	tok, ok := strings.CutPrefix(auth, "Bearer ")

@@ -29,10 +29,12 @@ type metrics struct {
 	handshakes  *prometheus.CounterVec
 	httpLogins  *prometheus.CounterVec
 	workDropped prometheus.Counter
+	routerWaits prometheus.Counter
 }
 
 var closeCodes = []uint16{1000, 1001, 1002, 1003, 1007, 1009, 4001, 4002, 4003, 4004, 4005, 4008, 4029}
 
+// newMetrics registers Magpie's series. Run, once.
 func newMetrics(queueDepth func() float64) *metrics {
 	m := &metrics{reg: prometheus.NewRegistry()}
 	m.connsOpen = prometheus.NewGauge(prometheus.GaugeOpts{Name: "magpie_connections_open", Help: "TCP connections open on the WebSocket listener."})
@@ -53,13 +55,15 @@ func newMetrics(queueDepth func() float64) *metrics {
 	m.handshakes = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_handshakes_total", Help: "WebSocket handshakes by HTTP status."}, []string{"status"})
 	m.httpLogins = prometheus.NewCounterVec(prometheus.CounterOpts{Name: "magpie_logins_total", Help: "Login attempts by result."}, []string{"result"})
 	m.workDropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_work_rejected_total", Help: "Requests answered rate_limited because the worker queue was full."})
+	m.routerWaits = prometheus.NewCounter(prometheus.CounterOpts{Name: "magpie_router_waits_total", Help: "Times the committer waited for room in the router's queue (OnSent)."})
 	m.reg.MustRegister(m.connsOpen, m.connsAccepted, m.onlineConns, m.onlineUsers,
 		m.closes, m.msgsStored, m.errors, m.batchSize,
-		m.commitLat, m.syncLat, m.queueDepth, m.handshakes, m.httpLogins, m.workDropped,
+		m.commitLat, m.syncLat, m.queueDepth, m.handshakes, m.httpLogins, m.workDropped, m.routerWaits,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
 
+// closed counts a close code. Any goroutine.
 func (m *metrics) closed(code uint16) {
 	if c, ok := m.closeByCode[code]; ok {
 		c.Inc()
@@ -77,7 +81,49 @@ type loopStats struct {
 	_                                      [64]byte // keep loops' counters off each other's cache lines
 }
 
-// registerLoopCounters publishes the per-loop counters as sums.
+// loopCollector exports each loop's inbox as series labelled by loop index.
+type loopCollector struct {
+	s                                           *Server
+	depth, waits, wakes, wakeErrs, drop, fanout *prometheus.Desc
+}
+
+// newLoopCollector returns the per-loop collector. Run, once.
+func newLoopCollector(s *Server) *loopCollector {
+	l := []string{"loop"}
+	return &loopCollector{s: s,
+		depth:    prometheus.NewDesc("magpie_loop_inbox_items", "Items (pushes, replies, expiries) queued in a loop's inbox.", l, nil),
+		waits:    prometheus.NewDesc("magpie_loop_inbox_waits_total", "Times a producer (router, worker) waited for room in a loop's inbox.", l, nil),
+		wakes:    prometheus.NewDesc("magpie_loop_wakeups_total", "Wake-ups sent to a loop (one per non-empty inbox, one per further drain slice).", l, nil),
+		wakeErrs: prometheus.NewDesc("magpie_loop_wake_errors_total", "Wake-ups gnet refused (engine stopping); the inbox was dropped.", l, nil),
+		drop:     prometheus.NewDesc("magpie_loop_inbox_dropped_total", "Items dropped because the loop had stopped.", l, nil),
+		fanout:   prometheus.NewDesc("magpie_loop_fanout_entries_total", "Fan-out entries (one per committed batch with recipients on the loop) a loop received.", l, nil),
+	}
+}
+
+// Describe is prometheus.Collector's. Any goroutine.
+func (lc *loopCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{lc.depth, lc.waits, lc.wakes, lc.wakeErrs, lc.drop, lc.fanout} {
+		ch <- d
+	}
+}
+
+// Collect is prometheus.Collector's: it reads the inboxes' atomics. Any goroutine.
+func (lc *loopCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, lp := range lc.s.allLoops() {
+		l := strconv.Itoa(lp.idx)
+		ib := &lp.ib
+		ch <- prometheus.MustNewConstMetric(lc.depth, prometheus.GaugeValue, float64(ib.depth.Load()), l)
+		ch <- prometheus.MustNewConstMetric(lc.waits, prometheus.CounterValue, float64(ib.waits.Load()), l)
+		ch <- prometheus.MustNewConstMetric(lc.wakes, prometheus.CounterValue, float64(ib.wakes.Load()), l)
+		ch <- prometheus.MustNewConstMetric(lc.wakeErrs, prometheus.CounterValue, float64(ib.wakeErrs.Load()), l)
+		ch <- prometheus.MustNewConstMetric(lc.drop, prometheus.CounterValue, float64(ib.dropped.Load()), l)
+		ch <- prometheus.MustNewConstMetric(lc.fanout, prometheus.CounterValue, float64(ib.fanouts.Load()), l)
+	}
+}
+
+// registerLoopCounters publishes the per-loop counters as sums, the
+// inboxes per loop, and the router's queue depth.
+// Run, once.
 func (s *Server) registerLoopCounters() {
 	counter := func(name, help string, field func(*loopStats) *atomic.Uint64) prometheus.Collector {
 		return prometheus.NewCounterFunc(prometheus.CounterOpts{Name: name, Help: help}, func() float64 {
@@ -96,5 +142,8 @@ func (s *Server) registerLoopCounters() {
 		counter("magpie_pushes_total", "First transmissions of msg frames to connections.", func(st *loopStats) *atomic.Uint64 { return &st.pushes }),
 		counter("magpie_acks_total", "Pushes acknowledged.", func(st *loopStats) *atomic.Uint64 { return &st.acks }),
 		counter("magpie_resends_total", "msg frames sent again after the ACK timeout.", func(st *loopStats) *atomic.Uint64 { return &st.resends }),
+		newLoopCollector(s),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "magpie_router_queue_depth", Help: "Committed batches waiting for the fan-out router."},
+			func() float64 { return float64(len(s.rt.in)) }),
 	)
 }

@@ -46,41 +46,56 @@ func (f *resetConn) Writev(bs [][]byte) (int, error) {
 	return 0, nil
 }
 
-// TestCloseDuringRecipientLoop: a write that fails while a loop walks a
-// uid's connections (here the 4008 close frame of a full window) runs
-// OnClose, hence removeUser, in the middle of the walk. The walk must go
-// on over the others, not hit a hole (nil *conn: a panic on the loop) or
-// skip one.
+// addFakeConn puts an open connection of uid over gc on lp and registers
+// it in the sessions index, as authentication does.
+func addFakeConn(lp *loop, gc gnet.Conn, uid uint64) *conn {
+	w := lp.srv.wheel
+	c := &conn{gc: gc, lp: lp, state: stOpen, uid: uid, idx: int32(len(lp.conns))}
+	c.idle.Init(w, func() {})
+	c.retx.Init(w, func() {})
+	gc.SetContext(c)
+	lp.conns = append(lp.conns, c)
+	lp.srv.online(c)
+	return c
+}
+
+// TestCloseDuringRecipientLoop: a write that fails while a loop runs a
+// fan-out entry (here the 4008 close frame of a full window) runs OnClose,
+// hence the removal from the sessions index, in the middle of the run. The
+// run must go on over the other recipients, not skip one or touch the
+// closed one again.
 func TestCloseDuringRecipientLoop(t *testing.T) {
 	w := wheel.New(wheel.Options{})
 	defer w.Stop()
-	s := &Server{wheel: w, m: newMetrics(func() float64 { return 0 }),
-		users: make(map[uint64]int), devices: make(map[devKey]*conn)}
+	s := &Server{wheel: w, m: newMetrics(func() float64 { return 0 })}
+	s.sess.init()
 	s.cfg.MaxInflight, s.cfg.AckTimeout = 1, 5*time.Second
 	h := &handler{srv: s}
-	lp := &loop{srv: s, users: make(map[uint64][]*conn)}
+	lp := &loop{srv: s}
 	const uid = 7
 	var fakes []*resetConn
 	for i := 0; i < 3; i++ {
 		f := &resetConn{h: h}
-		c := &conn{gc: f, lp: lp, state: stOpen, uid: uid, idx: int32(len(lp.conns))}
-		c.idle.Init(w, func() {})
-		c.retx.Init(w, func() {})
-		f.ctx = c
-		lp.conns = append(lp.conns, c)
-		lp.addUser(c)
-		s.users[uid]++
+		addFakeConn(lp, f, uid)
 		fakes = append(fakes, f)
 	}
-	first := lp.users[uid][0]
+	conns := s.sess.lookup(uid)
+	first := conns[0]
 	first.push(&pushMsg{frame: []byte("m0"), conv: "d:1:7", seq: 1}, w.Now())
 	lp.flush()
 	fakes[0].reset = true // its window is full: the next push closes 4008
 
-	fo := &fanout{srv: s,
+	b := &batch{
 		sends: []*storage.Send{{From: 1, Recipients: []uint64{uid}, Msg: storage.Message{Conv: "d:1:7", Seq: 2}}},
 		msgs:  []*pushMsg{{frame: []byte("m1"), conv: "d:1:7", seq: 2}}}
-	lp.deliver(fo)
+	e := entry{kind: entPush, b: b}
+	for _, c := range conns {
+		e.items = append(e.items, item{c: c, arg: 0})
+	}
+	lp.now = w.Now()
+	lp.turnConns = drainConns
+	lp.runPush(&e, drainItems)
+	lp.flush()
 
 	if first.state != stClosed {
 		t.Fatalf("first connection: state %d, want closed", first.state)
@@ -90,7 +105,7 @@ func TestCloseDuringRecipientLoop(t *testing.T) {
 			t.Errorf("connection %d got %d frames, want the push", i+1, f.frames)
 		}
 	}
-	if n := len(lp.users[uid]); n != 2 {
+	if n := len(s.sess.lookup(uid)); n != 2 {
 		t.Errorf("%d connections left for the uid, want 2", n)
 	}
 }

@@ -1,17 +1,30 @@
 // Package server is Magpie's server: the gnet event handler and
-// per-connection state, sessions and auth, the loop-local routers and
-// fan-out, ACK windows and retransmission, heartbeat and idle handling,
-// rate limits, the HTTP side (API, web UI, /metrics, /healthz), flags and
-// graceful shutdown.
+// per-connection state, sessions and routing, fan-out, ACK windows and
+// retransmission, heartbeat and idle handling, rate limits, the HTTP side
+// (API, web UI, /metrics, /healthz), flags and graceful shutdown.
+//
+// # Files
+//
+//	handler.go  gnet callbacks: accept, read, close
+//	conn.go     one connection: request dispatch, send, close, idle/auth timers
+//	loop.go     one event loop: its ordered inbox, drain turns, the write queue
+//	window.go   ACK window, acks and retransmission
+//	router.go   sessions (uid → connections index) and the fan-out router
+//	workers.go  the pool for blocking requests and their replies
+//	auth.go     tokens, password hashes, login throttle
+//	codec.go, encode.go  request decoding, frame encoding
+//	http.go, metrics.go, config.go, server.go  HTTP side, metrics, flags, Run and shutdown
 //
 // # Threads
 //
-// gnet runs --loops event loops. A connection's state is owned by its loop
-// (see conn). Blocking work runs elsewhere: sends go to the storage
-// committer, other requests to a bounded worker pool; results come back to
-// the owning loop through EventLoop().Execute. Each loop keeps its own
-// uid → connections map, so fan-out posts one task per loop per committed
-// batch and each loop resolves its own recipients without locks.
+// gnet runs --loops event loops; a connection's state is owned by its loop
+// (REQUIRES: owning event loop). The storage committer stores sends and
+// hands each batch to the router goroutine (OnSent, which encodes each
+// message once); the router resolves recipients through the sessions
+// index and puts one entry into the inbox of each loop that has any. A
+// bounded worker pool runs the requests that block. Everything that
+// reaches a loop from another goroutine goes through its inbox, which the
+// loop runs in order (see loop). docs/DESIGN.md describes the whole path.
 package server
 
 import (
@@ -58,20 +71,15 @@ type Server struct {
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop]
 
-	devMu   sync.Mutex
-	devices map[devKey]*conn
-	userMu  sync.Mutex
-	users   map[uint64]int // online connections per uid
+	sess      sessions
+	rt        *router
+	wakeConns atomic.Int64 // wake sockets registered with gnet (not clients)
+	wakeOnce  sync.Once
 
 	work     chan func()
 	jobs     atomic.Int64 // offloaded requests queued or running (see offload)
 	draining atomic.Bool
 	ready    atomic.Bool
-}
-
-type devKey struct {
-	uid    uint64
-	device string
 }
 
 // Options are what the binary wires in beside Config.
@@ -88,6 +96,7 @@ type Options struct {
 // Run opens the store, starts both listeners, prints their addresses, and
 // serves until ctx is done; then it shuts down gracefully (PROTOCOL §12).
 // It returns nil after a clean shutdown within --shutdown-grace.
+// Any goroutine; it blocks until shutdown.
 func Run(ctx context.Context, cfg Config, opt Options) error {
 	if err := cfg.Validate(); err != nil {
 		return err
@@ -105,10 +114,10 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		hashSem:  make(chan struct{}, max(2, cfg.Loops)),
 		ui:       opt.UI,
 		bootedCh: make(chan struct{}),
-		devices:  make(map[devKey]*conn),
-		users:    make(map[uint64]int),
 		work:     make(chan func(), cfg.WorkQueue),
+		rt:       &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1)},
 	}
+	s.sess.init()
 	key, err := LoadSecret(cfg.Data, cfg.Secret)
 	if err != nil {
 		return err
@@ -139,6 +148,8 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 			return fmt.Errorf("create demo data: %w", err)
 		}
 	}
+	go s.route()
+	defer close(s.rt.stop)
 	s.registerLoopCounters()
 	s.m.reg.MustRegister(buildInfoGauge(bi))
 	s.wheel = wheel.New(wheel.Options{})
@@ -228,10 +239,12 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	return s.shutdown(hs, gerr)
 }
 
+// dbDir is the Pebble directory under --data. Any goroutine.
 func dbDir(data string) string { return data + "/db" }
 
 // shutdown: stop accepting, answer the sends already read, close every
 // WebSocket with 1001, flush the store, exit within --shutdown-grace.
+// Run's goroutine.
 func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	deadline := time.Now().Add(s.cfg.ShutdownGrace)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
@@ -249,8 +262,10 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 		}
 		time.Sleep(time.Millisecond) // polling a counter: shutdown only
 	}
-	// Commit what was already queued; OnSent posts the sent replies to the
-	// loops before the close tasks below (loop task queues are FIFO).
+	// Commit what was already queued: the store's last OnSent hands its
+	// batch to the router. The barrier returns once the router has put
+	// every batch into the loops' inboxes; the 1001 entries go in after
+	// them, and each inbox runs in order, so every sent precedes the 1001.
 	storeErr := make(chan error, 1)
 	go func() { storeErr <- s.store.Close() }()
 	var err error
@@ -259,32 +274,30 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	case <-ctx.Done():
 		return errors.New("shutdown grace exceeded while flushing the store")
 	}
+	if !s.routerBarrier(ctx) {
+		return errors.New("shutdown grace exceeded while delivering the last batches")
+	}
 	var wg sync.WaitGroup
 	for _, lp := range s.allLoops() {
-		lp := lp
 		wg.Add(1)
-		if e := lp.el.Execute(ctx, gnet.RunnableFunc(func(context.Context) error {
-			defer wg.Done()
-			for _, c := range append([]*conn(nil), lp.conns...) {
-				switch c.state {
-				case stOpen:
-					c.closeWith(wsproto.CloseGoingAway, "server shutting down")
-				case stHandshake:
-					c.dropTCP()
-				}
-			}
-			return nil
-		})); e != nil {
+		if !lp.put(entry{kind: entShutdown, done: wg.Done}, false) {
 			wg.Done()
 		}
 	}
-	wg.Wait()
+	closed := make(chan struct{})
+	go func() { wg.Wait(); close(closed) }()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		return errors.New("shutdown grace exceeded while closing connections")
+	}
 	// Give close frames a moment to leave, then stop gnet.
 	// CountConnections reads gnet's list of loops, which gnet fills after
-	// OnBoot, on its own goroutine: only the close tasks above, run by
-	// those loops, order this read after that write. Without a loop no
-	// connection was ever opened, and the read would be a data race.
-	for len(s.allLoops()) > 0 && s.eng.CountConnections() > 0 && time.Until(deadline) > 500*time.Millisecond {
+	// OnBoot, on its own goroutine: only the shutdown entries above, run
+	// by those loops, order this read after that write. Without a loop no
+	// connection was ever opened, and the read would be a data race. The
+	// loops' wake sockets are gnet connections too: they do not count.
+	for len(s.allLoops()) > 0 && int64(s.eng.CountConnections()) > s.wakeConns.Load() && time.Until(deadline) > 500*time.Millisecond {
 		time.Sleep(10 * time.Millisecond) // polling gnet's count: it has no event for it
 	}
 	if e := s.eng.Stop(ctx); e != nil && err == nil && ctx.Err() == nil {
@@ -293,6 +306,9 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	select {
 	case <-gerr:
 	case <-ctx.Done():
+	}
+	for _, lp := range s.allLoops() {
+		lp.closeWake()
 	}
 	hctx, hcancel := context.WithTimeout(context.Background(), 100*time.Millisecond)
 	_ = hs.Shutdown(hctx)
@@ -306,6 +322,7 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	return nil
 }
 
+// booted records the engine and the bound port. gnet's OnBoot.
 func (s *Server) booted(eng gnet.Engine) {
 	s.eng = eng
 	if fd, err := eng.Dup(); err == nil {
@@ -323,6 +340,7 @@ func (s *Server) booted(eng gnet.Engine) {
 }
 
 // loopOf returns the state of a gnet loop, creating it on first use.
+// REQUIRES: el's goroutine (OnOpen).
 func (s *Server) loopOf(el gnet.EventLoop) *loop {
 	if lps := s.loops.Load(); lps != nil {
 		for _, lp := range *lps {
@@ -342,12 +360,14 @@ func (s *Server) loopOf(el gnet.EventLoop) *loop {
 			return lp
 		}
 	}
-	lp := &loop{srv: s, el: el, users: make(map[uint64][]*conn)}
+	lp := newLoop(s, el, len(cur))
 	next := append(append([]*loop(nil), cur...), lp)
 	s.loops.Store(&next)
 	return lp
 }
 
+// allLoops returns every loop created so far, in index order. Safe from
+// any goroutine; the slice is never modified.
 func (s *Server) allLoops() []*loop {
 	if lps := s.loops.Load(); lps != nil {
 		return *lps
@@ -355,14 +375,8 @@ func (s *Server) allLoops() []*loop {
 	return nil
 }
 
-func (s *Server) worker() {
-	for fn := range s.work {
-		fn()
-		s.jobs.Add(-1)
-	}
-}
-
-// authorizeURL checks a token given in the upgrade URL.
+// authorizeURL checks a token given in the upgrade URL. Owning event loop
+// (it is the upgrader's callback).
 func (s *Server) authorizeURL(r *wsproto.Request) bool {
 	uid, err := s.signer.Verify(r.Token)
 	if err != nil {
@@ -372,56 +386,26 @@ func (s *Server) authorizeURL(r *wsproto.Request) bool {
 	return true
 }
 
+// countHandshake counts a handshake by status. Any goroutine.
 func (s *Server) countHandshake(status int) {
 	s.m.handshakes.WithLabelValues(strconv.Itoa(status)).Inc()
 }
 
-// online registers an authenticated connection: device replacement (4004)
-// and the online gauges. Called on c's loop.
-func (s *Server) online(c *conn) {
-	s.m.onlineConns.Inc()
-	s.userMu.Lock()
-	s.users[c.uid]++
-	if s.users[c.uid] == 1 {
-		s.m.onlineUsers.Inc()
-	}
-	s.userMu.Unlock()
-	if c.device == "" {
-		return
-	}
-	k := devKey{c.uid, c.device}
-	s.devMu.Lock()
-	old := s.devices[k]
-	s.devices[k] = c
-	s.devMu.Unlock()
-	if old != nil && old != c {
-		_ = old.gc.EventLoop().Execute(context.Background(), gnet.RunnableFunc(func(context.Context) error {
-			old.closeWith(closeReplaced, "replaced by a newer connection")
-			old.lp.flush()
-			return nil
-		}))
-	}
+// wakeFailed records a wake-up that gnet refused (the engine is stopping):
+// logged once, counted in magpie_loop_wake_errors_total. Any goroutine.
+func (s *Server) wakeFailed(err error) {
+	s.wakeOnce.Do(func() { s.log.Warn("event loop wake-up failed; its inbox is dropped", "err", err) })
 }
 
-// offline undoes online. Called on c's loop from OnClose.
-func (s *Server) offline(c *conn) {
-	s.m.onlineConns.Dec()
-	s.userMu.Lock()
-	if s.users[c.uid]--; s.users[c.uid] <= 0 {
-		delete(s.users, c.uid)
-		s.m.onlineUsers.Dec()
-	}
-	s.userMu.Unlock()
-	if c.device != "" {
-		k := devKey{c.uid, c.device}
-		s.devMu.Lock()
-		if s.devices[k] == c {
-			delete(s.devices, k)
-		}
-		s.devMu.Unlock()
-	}
+// ackDelay is the ack coalescing delay announced in welcome: --ack-delay,
+// at most a tenth of --ack-timeout.
+// Any goroutine.
+func (s *Server) ackDelay() time.Duration {
+	return min(s.cfg.AckDelay, s.cfg.AckTimeout/10)
 }
 
+// appendWelcome appends the welcome frame (PROTOCOL §3; ack_delay_ms and
+// max_inflight are Magpie extensions, docs/PROTOCOL.md). Any goroutine.
 func (s *Server) appendWelcome(dst []byte, uid uint64) []byte {
 	dst = append(dst, `{"type":"welcome","version":1`...)
 	dst = appendKeyUint(dst, `,"uid":`, uid)
@@ -430,10 +414,13 @@ func (s *Server) appendWelcome(dst []byte, uid uint64) []byte {
 	dst = appendKeyUint(dst, `,"ack_timeout_ms":`, uint64(s.cfg.AckTimeout.Milliseconds()))
 	dst = appendKeyUint(dst, `,"send_rate":`, uint64(s.cfg.SendRate))
 	dst = appendKeyUint(dst, `,"max_body":`, uint64(s.cfg.MaxBody))
+	dst = appendKeyUint(dst, `,"ack_delay_ms":`, uint64(s.ackDelay().Milliseconds()))
+	dst = appendKeyUint(dst, `,"max_inflight":`, uint64(s.cfg.MaxInflight))
 	dst = appendKeyUint(dst, `,"server_time":`, uint64(time.Now().UnixMilli()))
 	return append(dst, '}')
 }
 
+// onCommit is the store's OnCommit (committer goroutine).
 func (s *Server) onCommit(batch int, commit, sync time.Duration) {
 	s.m.batchSize.Observe(float64(batch))
 	s.m.commitLat.Observe(commit.Seconds())
@@ -442,7 +429,8 @@ func (s *Server) onCommit(batch int, commit, sync time.Duration) {
 	}
 }
 
-// gnetLogger routes gnet's logs to slog.
+// gnetLogger routes gnet's logs to slog. Its methods are safe from any
+// goroutine (slog is).
 type gnetLogger struct{ l *slog.Logger }
 
 func (g gnetLogger) Debugf(f string, a ...any) { g.l.Debug(fmt.Sprintf(f, a...), "src", "gnet") }

@@ -195,7 +195,7 @@ func TestIdleTimeout(t *testing.T) {
 		t.Errorf("idle close after %v, want within idle timeout + 100 ms", el)
 	}
 	select {
-	case <-pinger.closed:
+	case <-pinger.Done:
 		t.Fatal("pinging client was closed")
 	default:
 	}

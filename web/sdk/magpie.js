@@ -293,7 +293,10 @@ export class RequestError extends Error {
  *   newId        () => string for cmids (default randomId)
  *   backoffBase  first backoff window in ms; the default value is 1000
  *   backoffCap   backoff cap in ms (also the wait after 4029); the default value is 30000
- *   ackDelay     ms to coalesce acks; the default value is 50
+ *   ackDelay     ms to coalesce acks; the default value is the server's
+ *                recommendation (welcome's ack_delay_ms), else 50. Acks go
+ *                out at once when half of welcome's max_inflight pushes
+ *                are unacked on the connection.
  *   connectTimeout ms from dial to welcome before giving up the attempt;
  *                the default value is 15000
  *   retryDelay   ms before re-sending a send that got rate_limited/internal;
@@ -329,7 +332,7 @@ export class MagpieClient {
     this._newId = opts.newId || randomId;
     this.backoffBase = opts.backoffBase ?? 1000;
     this.backoffCap = opts.backoffCap ?? 30000;
-    this.ackDelay = opts.ackDelay ?? 50;
+    this.ackDelayOpt = opts.ackDelay; // undefined: follow the server
     this.connectTimeout = opts.connectTimeout ?? 15000;
     this.retryDelay = opts.retryDelay ?? 1000;
     this.typingInterval = opts.typingInterval ?? 2000;
@@ -700,10 +703,27 @@ export class MagpieClient {
 
   // ---- acks ----
 
+  // ackDelay is the coalescing delay: the option, else welcome's
+  // ack_delay_ms (a Magpie extension; older servers send none), else 50 ms.
+  get ackDelay() {
+    if (this.ackDelayOpt !== undefined) return this.ackDelayOpt;
+    const d = this.welcome && this.welcome.ack_delay_ms;
+    return Number.isSafeInteger(d) && d >= 0 ? d : 50;
+  }
+
   _queueAck(c, conv, seq) {
     if (typeof conv !== "string" || !Number.isSafeInteger(seq)) return;
     const prev = c.acks.get(conv) || 0;
     if (seq > prev) c.acks.set(conv, seq);
+    c.ackPushes = (c.ackPushes || 0) + 1;
+    const max = this.welcome && this.welcome.max_inflight;
+    if (Number.isSafeInteger(max) && max > 0 && c.ackPushes >= Math.max(1, Math.floor(max / 2))) {
+      // Half the server's in-flight window is unacked: ack now.
+      if (c.ackTimer !== null) this._t.clearTimeout(c.ackTimer);
+      c.ackTimer = null;
+      this._flushAcks(c);
+      return;
+    }
     if (c.ackTimer === null) {
       c.ackTimer = this._t.setTimeout(() => {
         c.ackTimer = null;
@@ -719,6 +739,7 @@ export class MagpieClient {
     if (this._conn !== c) return;
     for (const [conv, seq] of c.acks) this._write(c, { type: "ack", conv, seq });
     c.acks.clear();
+    c.ackPushes = 0;
   }
 
   // ---- messages and conversations ----

@@ -381,6 +381,40 @@ test("acks are cumulative per conv and coalesced; duplicates are acked but shown
   assert.equal(env.client.totalUnread(), 4);
 });
 
+test("acks follow welcome: ack_delay_ms coalesces, half of max_inflight flushes at once", async () => {
+  const env = newClient({ uid: 1 });
+  env.client.start();
+  const ws = await online(env, [{ conv: "g:7", group: 7, name: "t", last_seq: 0, read_seq: 0, unread: 0 }], {
+    ack_delay_ms: 5,
+    max_inflight: 6,
+  });
+  const push = (seq) => ws.recv({ type: "msg", conv: "g:7", seq, from: 2, ts: seq, kind: "text", body: "b", cmid: `c${seq}` });
+  push(1);
+  env.clock.advance(4);
+  assert.equal(ws.frames("ack").length, 0, "coalesced for ack_delay_ms");
+  env.clock.advance(1);
+  assert.deepEqual(ws.frames("ack").at(-1), { type: "ack", conv: "g:7", seq: 1 });
+  push(2);
+  push(3);
+  assert.equal(ws.frames("ack").length, 1, "waiting");
+  push(4); // three unacked: half of max_inflight
+  assert.equal(ws.frames("ack").length, 2, "acked at once");
+  assert.deepEqual(ws.frames("ack").at(-1), { type: "ack", conv: "g:7", seq: 4 });
+  env.clock.advance(10);
+  assert.equal(ws.frames("ack").length, 2, "nothing left to ack");
+});
+
+test("an explicit ackDelay wins over the server's", async () => {
+  const env = newClient({ uid: 1, ackDelay: 30 });
+  env.client.start();
+  const ws = await online(env, [{ conv: "g:7", group: 7, name: "t", last_seq: 0, read_seq: 0, unread: 0 }], { ack_delay_ms: 5 });
+  ws.recv({ type: "msg", conv: "g:7", seq: 1, from: 2, ts: 1, kind: "text", body: "b", cmid: "c1" });
+  env.clock.advance(29);
+  assert.equal(ws.frames("ack").length, 0);
+  env.clock.advance(1);
+  assert.equal(ws.frames("ack").length, 1);
+});
+
 test("gap in pushes is filled through history, page by page, each message once", async () => {
   const env = newClient({ uid: 1 });
   const seen = [];
