@@ -28,6 +28,7 @@ func TestReconnectHandsOverReader(t *testing.T) {
 		t.Fatal(err)
 	}
 	p := newPool(u, 0, 5*time.Second, 32)
+	p.ackNow = true // every push acked by its reader at once (no ticker here)
 	for uid := uint64(1); uid <= 2; uid++ {
 		tok, _ := signer.Mint(uid)
 		p.clients = append(p.clients, p.newClient(clientSpec{Idx: int(uid - 1), UID: uid, Token: tok}))
