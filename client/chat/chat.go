@@ -847,14 +847,26 @@ func (u *ui) cmdConvs(ctx context.Context) {
 		return
 	}
 	u.printLocked(fmt.Sprintf("conversations (%d unread):", list.TotalUnread))
-	for _, it := range list.Items {
-		u.printLocked(u.convLineLocked(it))
+	labels := make([]string, len(list.Items))
+	width := 24 // the names' column: as wide as the widest, within 24 to 40
+	for i, it := range list.Items {
+		labels[i] = u.convLabelLocked(it)
+		width = max(width, min(40, utf8.RuneCountInString(labels[i])))
+	}
+	for i, it := range list.Items {
+		line := fmt.Sprintf("  %s%s %3d unread", labels[i], strings.Repeat(" ", max(0, width-utf8.RuneCountInString(labels[i]))), it.Unread)
+		if m := it.Last; m != nil && m.Event != nil {
+			line += "  * " + noteText(m.Event, u.nameLocked)
+		} else if m != nil {
+			line += fmt.Sprintf("  %s: %s", u.nameLocked(m.From), shorten(clean(m.Body), 40))
+		}
+		u.printLocked(line)
 	}
 }
 
-// convLineLocked is one line of /convs: "  @bob (online)   2 unread  bob:
-// hi", "  #lobby (group 1, public)   0 unread  * carol joined".
-func (u *ui) convLineLocked(it client.Conv) string {
+// convLabelLocked names a conversation in /convs: "@bob (online)",
+// "@carol (last seen 5 min ago)", "#lobby (group 1, public)".
+func (u *ui) convLabelLocked(it client.Conv) string {
 	name := u.convNameLocked(it.Conv)
 	switch {
 	case it.Group != 0 && it.Public:
@@ -866,14 +878,7 @@ func (u *ui) convLineLocked(it client.Conv) string {
 			name += " (" + p + ")"
 		}
 	}
-	line := fmt.Sprintf("  %-24s %3d unread", name, it.Unread)
-	if m := it.Last; m != nil {
-		if m.Event != nil {
-			return line + "  * " + noteText(m.Event, u.nameLocked)
-		}
-		line += fmt.Sprintf("  %s: %s", u.nameLocked(m.From), shorten(clean(m.Body), 40))
-	}
-	return line
+	return name
 }
 
 func (u *ui) cmdConvsQuiet(ctx context.Context) {
