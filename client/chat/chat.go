@@ -812,6 +812,9 @@ func (u *ui) convsLocked(list client.ConvList, epoch uint64) {
 	for conv, cs := range u.convs {
 		if _, _, gid, _ := client.ParseConv(conv); gid != 0 && cs.epoch <= epoch {
 			cs.left = !listed[conv]
+			if cs.left && u.open == conv {
+				u.open, u.openPeer, u.openGID = "", 0, 0
+			}
 		}
 	}
 }
@@ -1017,8 +1020,10 @@ func (u *ui) cmdHistory(ctx context.Context, n int) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	head := "-- " + u.convNameLocked(conv)
-	if p := u.presenceLocked(peer); peer != 0 && p != "" {
-		head += " (" + p + ")"
+	if peer != 0 {
+		if p := u.presenceLocked(peer); p != "" {
+			head += " (" + p + ")"
+		}
 	}
 	u.printLocked(head)
 	if len(page.Messages) == 0 {

@@ -297,3 +297,26 @@ func TestGroupEvents(t *testing.T) {
 		t.Fatalf("status line %q", p)
 	}
 }
+
+// TestConvsForgetsGroupsLeft: every group the user is in is in `convs`
+// (PROTOCOL §4), so one missing was left meanwhile (removed while
+// offline) — unless a message of it arrived after the request went out,
+// which says more recently that the user is in it.
+func TestConvsForgetsGroupsLeft(t *testing.T) {
+	u := &ui{me: 1, v2: true, names: testNames, groups: map[int64]string{7: "team", 8: "club"}, convs: map[string]*convState{},
+		gmeta: map[int64]groupMeta{}, typers: map[string][]int64{}}
+	u.convs["g:7"] = &convState{last: 5, read: 2}
+	u.convs["g:8"] = &convState{last: 5, read: 2, epoch: 4} // a message came after the request (epoch 3)
+	u.open, u.openGID = "g:7", 7
+	u.convsLocked(client.ConvList{Items: []client.Conv{{Conv: "d:1:2", Peer: 2, LastSeq: 1, ReadSeq: 1}}}, 3)
+	if u.unreadLocked("g:7") != 0 || u.open != "" {
+		t.Errorf("a group no longer listed: %d unread, open %q", u.unreadLocked("g:7"), u.open)
+	}
+	if u.unreadLocked("g:8") != 3 {
+		t.Errorf("a group with a message newer than the request: %d unread, want 3", u.unreadLocked("g:8"))
+	}
+	u.convsLocked(client.ConvList{Items: []client.Conv{{Conv: "g:7", Group: 7, Name: "team", LastSeq: 6, ReadSeq: 2}}}, 4)
+	if u.unreadLocked("g:7") != 4 {
+		t.Errorf("a group listed again: %d unread, want 4", u.unreadLocked("g:7"))
+	}
+}
