@@ -722,10 +722,8 @@ func (u *ui) command(ctx context.Context, line string) bool {
 			return false
 		}
 		u.cmdGroup(rctx, cmd, gid)
-	case "/add":
-		u.cmdAdd(rctx, rest)
-	case "/remove":
-		u.cmdRemove(rctx, rest)
+	case "/add", "/remove":
+		u.cmdMembers(rctx, cmd, rest)
 	case "/rename":
 		u.cmdRename(rctx, rest)
 	case "/users", "/u":
@@ -1117,11 +1115,15 @@ func (u *ui) cmdCreate(ctx context.Context, a createArgs) {
 	u.printLocked(fmt.Sprintf("created #%s (group %d, %s%d members); /open #%d", clean(g.Name), g.ID, kind, g.Count, g.ID))
 }
 
-// cmdGroup runs /join, /leave and /members.
-func (u *ui) cmdGroup(ctx context.Context, cmd string, gid int64) {
+// cmdGroup runs /join, /leave, /members, and /add and /remove of uids.
+func (u *ui) cmdGroup(ctx context.Context, cmd string, gid int64, uids ...int64) {
 	var g client.Group
 	var err error
 	switch cmd {
+	case "/add":
+		g, err = u.c.AddMembers(ctx, gid, uids)
+	case "/remove":
+		g, err = u.c.RemoveMembers(ctx, gid, uids)
 	case "/join":
 		g, err = u.c.JoinGroup(ctx, gid)
 	case "/leave":
@@ -1137,6 +1139,8 @@ func (u *ui) cmdGroup(ctx context.Context, cmd string, gid int64) {
 	defer u.mu.Unlock()
 	u.groupReplyLocked(g, false)
 	switch cmd {
+	case "/add", "/remove":
+		u.printLocked(fmt.Sprintf("-- %s has %d members", u.groupLabelLocked(gid), g.Count))
 	case "/join":
 		if cs := u.convs[client.GroupConv(gid)]; cs != nil {
 			cs.left = false

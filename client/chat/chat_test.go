@@ -98,6 +98,12 @@ func TestChatSession(t *testing.T) {
 	say("/users c")
 	waitOutput(t, out, "carol (")
 	say("/quit")
+	waitExit(t, done, out)
+}
+
+// waitExit waits for Run to return 0 on done.
+func waitExit(t *testing.T, done <-chan int, out *syncBuf) {
+	t.Helper()
 	select {
 	case code := <-done:
 		if code != 0 {

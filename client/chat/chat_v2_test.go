@@ -249,13 +249,7 @@ func chatV2Terminal(t *testing.T, url string, fake *fakeServer) {
 	p.waitFor("the lobby listed as public", func() bool {
 		return slices.ContainsFunc(p.scr.snapshot(), func(r string) bool { return strings.Contains(r, "#lobby (group ") && strings.Contains(r, ", public)") })
 	})
-	t.Logf("screen before /quit:\n%s", p.scr)
-	p.typ("/quit\r")
-	select {
-	case <-p.exited:
-	case <-time.After(20 * time.Second):
-		t.Fatalf("chat did not quit:\n%s", p.scr)
-	}
+	p.quit()
 }
 
 func TestChatV1Degrades(t *testing.T) {
@@ -311,14 +305,7 @@ func chatV1(t *testing.T, url string, fake *fakeServer) {
 	say("/status")
 	waitOutput(t, out, "protocol version 1")
 	say("/quit")
-	select {
-	case code := <-done:
-		if code != 0 {
-			t.Fatalf("exit %d:\n%s", code, out.String())
-		}
-	case <-time.After(20 * time.Second):
-		t.Fatalf("chat did not quit:\n%s", out.String())
-	}
+	waitExit(t, done, out)
 	if strings.Contains(out.String(), "✓") {
 		t.Errorf("a read mark from a version 1 server:\n%s", out.String())
 	}

@@ -54,20 +54,31 @@ type fakeGroup struct {
 	members map[int64]bool
 }
 
+// subset is the distinct uids of list that are (member) or are not
+// members of g, ascending.
+func (g *fakeGroup) subset(list []int64, member bool) []int64 {
+	var out []int64
+	for _, uid := range list {
+		if g.members[uid] == member && !slices.Contains(out, uid) {
+			out = append(out, uid)
+		}
+	}
+	slices.Sort(out)
+	return out
+}
+
 type fakeConn struct {
 	ws  *websocket.Conn
 	uid int64
 	wmu sync.Mutex
 }
 
+// send writes one frame; a closed connection's frames are lost, as a
+// server's are.
 func (fc *fakeConn) send(v any) {
-	b, err := json.Marshal(v)
-	if err != nil {
-		panic(err)
-	}
 	fc.wmu.Lock()
 	defer fc.wmu.Unlock()
-	_ = fc.ws.WriteMessage(websocket.TextMessage, b)
+	_ = fc.ws.WriteJSON(v)
 }
 
 func startFake(t testing.TB, version int) *fakeServer {
@@ -168,23 +179,27 @@ func (fs *fakeServer) serveWS(w http.ResponseWriter, r *http.Request) {
 		fs.presenceChangedLocked(uid)
 	}
 	fs.mu.Unlock()
-	defer func() {
-		fs.mu.Lock()
-		delete(fs.conns, fc)
-		delete(fs.subs, fc)
-		if !fs.onlineLocked(uid) {
-			fs.lastSeen[uid] = time.Now().UnixMilli()
-			fs.presenceChangedLocked(uid)
-		}
-		fs.mu.Unlock()
-		ws.Close()
-	}()
+	defer fs.gone(fc)
 	for {
 		_, data, err := ws.ReadMessage()
 		if err != nil {
 			return
 		}
 		fs.handle(fc, data)
+	}
+}
+
+// gone forgets a closed connection; the user's last one makes them
+// offline at once (the real server waits --presence-grace).
+func (fs *fakeServer) gone(fc *fakeConn) {
+	fc.ws.Close()
+	fs.mu.Lock()
+	defer fs.mu.Unlock()
+	delete(fs.conns, fc)
+	delete(fs.subs, fc)
+	if !fs.onlineLocked(fc.uid) {
+		fs.lastSeen[fc.uid] = time.Now().UnixMilli()
+		fs.presenceChangedLocked(fc.uid)
 	}
 }
 
@@ -523,44 +538,32 @@ func (fs *fakeServer) groupLocked(fc *fakeConn, f fakeReq, fail func(string)) {
 		}
 		fs.sysLocked(gid, me, body, me)
 	case "group_add":
-		for _, uid := range f.Members {
-			if uid < 1 || int(uid) > len(fs.users) {
-				fail("not_found")
-				return
-			}
+		if slices.ContainsFunc(f.Members, func(uid int64) bool { return uid < 1 || int(uid) > len(fs.users) }) {
+			fail("not_found")
+			return
 		}
-		for _, uid := range f.Members {
-			if !g.members[uid] && !slices.Contains(changed, uid) {
-				changed = append(changed, uid)
-			}
+		if changed = g.subset(f.Members, false); len(changed) == 0 {
+			break
 		}
-		if len(changed) > 0 {
-			slices.Sort(changed)
-			for _, uid := range changed {
-				g.members[uid] = true
-			}
-			seq := fs.sysLocked(gid, me, map[string]any{"event": "added", "members": changed})
-			for _, uid := range changed {
-				fs.setReadLocked(conv, uid, seq-1)
-			}
+		for _, uid := range changed {
+			g.members[uid] = true
+		}
+		seq := fs.sysLocked(gid, me, map[string]any{"event": "added", "members": changed})
+		for _, uid := range changed {
+			fs.setReadLocked(conv, uid, seq-1) // one unread: the note
 		}
 	case "group_remove":
 		if slices.Contains(f.Members, me) {
 			fail("bad_request")
 			return
 		}
-		for _, uid := range f.Members {
-			if g.members[uid] && !slices.Contains(changed, uid) {
-				changed = append(changed, uid)
-			}
+		if changed = g.subset(f.Members, true); len(changed) == 0 {
+			break
 		}
-		if len(changed) > 0 {
-			slices.Sort(changed)
-			for _, uid := range changed {
-				delete(g.members, uid)
-			}
-			fs.sysLocked(gid, me, map[string]any{"event": "removed", "members": changed}, changed...)
+		for _, uid := range changed {
+			delete(g.members, uid)
 		}
+		fs.sysLocked(gid, me, map[string]any{"event": "removed", "members": changed}, changed...)
 	case "group_rename":
 		if f.Name != g.name {
 			g.name = f.Name

@@ -305,61 +305,32 @@ func (u *ui) groupFail(cmd string, gid int64, err error) {
 	}
 }
 
-// cmdAdd adds users to the open group; the note of the change follows as
-// a message.
-func (u *ui) cmdAdd(ctx context.Context, rest string) {
+// cmdMembers runs /add (any member adds users to the open group) and
+// /remove (its owner removes them). The note of the change follows as a
+// message.
+func (u *ui) cmdMembers(ctx context.Context, cmd, rest string) {
 	names := parseNames(rest)
 	if len(names) == 0 {
-		u.printf("usage: /add NAME[,NAME...] (adds them to the open group)")
+		what := "adds them to the open group"
+		if cmd == "/remove" {
+			what = "removes them from the open group; its owner only"
+		}
+		u.printf("usage: %s NAME[,NAME...] (%s)", cmd, what)
 		return
 	}
-	gid := u.openGroup("/add")
+	gid := u.openGroup(cmd)
 	if gid == 0 {
 		return
 	}
-	uids, ok := u.resolveUsers(ctx, "add", names)
+	uids, ok := u.resolveUsers(ctx, cmd[1:], names)
 	if !ok {
 		return
 	}
-	g, err := u.c.AddMembers(ctx, gid, uids)
-	if err != nil {
-		u.groupFail("add", gid, err)
-		return
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.groupReplyLocked(g, false)
-	u.printLocked(fmt.Sprintf("-- %s has %d members", u.groupLabelLocked(gid), g.Count))
-}
-
-// cmdRemove removes users from the open group (its owner only).
-func (u *ui) cmdRemove(ctx context.Context, rest string) {
-	names := parseNames(rest)
-	if len(names) == 0 {
-		u.printf("usage: /remove NAME[,NAME...] (removes them from the open group; its owner only)")
-		return
-	}
-	gid := u.openGroup("/remove")
-	if gid == 0 {
-		return
-	}
-	uids, ok := u.resolveUsers(ctx, "remove", names)
-	if !ok {
-		return
-	}
-	if slices.Contains(uids, u.c.UID()) {
+	if cmd == "/remove" && slices.Contains(uids, u.c.UID()) {
 		u.printf("remove: you cannot remove yourself; /leave leaves the group")
 		return
 	}
-	g, err := u.c.RemoveMembers(ctx, gid, uids)
-	if err != nil {
-		u.groupFail("remove", gid, err)
-		return
-	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.groupReplyLocked(g, false)
-	u.printLocked(fmt.Sprintf("-- %s has %d members", u.groupLabelLocked(gid), g.Count))
+	u.cmdGroup(ctx, cmd, gid, uids...)
 }
 
 // cmdRename renames the open group (its owner only). The note of the
