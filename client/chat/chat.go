@@ -48,7 +48,8 @@ Commands (plain text sends to the open conversation):
   /leave [#GROUP|ID]   leave a group (default: the open one)
   /members [#GROUP|ID] list the members of a group (default: the open one)
   /add NAME[,NAME..]   add users to the open group
-  /remove NAME..       remove users from the open group (its owner only)
+  /remove NAME[,NAME..]
+                       remove users from the open group (its owner only)
   /rename NEW NAME     rename the open group (its owner only)
   /users [PREFIX]      list users
   /status              connection state
