@@ -966,8 +966,12 @@ func (u *ui) cmdOpen(ctx context.Context, target string) {
 	}
 	u.refreshLocked()
 	u.mu.Unlock()
-	if peer != 0 {
+	switch {
+	case peer == 0:
+	case u.c.State() == client.StateOnline:
 		u.syncPresence(ctx) // the header says whether the peer is online
+	default:
+		go u.syncPresence(context.Background()) // sent once online; the history waits anyway
 	}
 	u.cmdHistory(ctx, 10)
 }
