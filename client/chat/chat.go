@@ -13,12 +13,14 @@ import (
 	"io"
 	"os"
 	"os/signal"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"golang.org/x/term"
 
@@ -30,22 +32,35 @@ const usage = `usage: magpie chat --server URL --user NAME [--device ID] [--regi
 The password comes from $MAGPIE_PASSWORD, or a prompt.
 
 Commands (plain text sends to the open conversation):
-  /convs               conversations with unread counts
+  /convs               conversations with unread counts; for direct ones
+                       whether the other person is online or when last seen
   /open NAME|#GROUP    open a direct conversation or a group: #name (spaces
                        allowed, e.g. /open #Weekend trip) or #id; a unique
                        prefix of a name is enough
   /send TEXT           send to the open conversation
   /history [N]         the last N messages of the open conversation (default 20)
   /read                mark the open conversation read (shown messages are marked read anyway)
-  /create NAME USER..  create a group with these users
-  /join ID             join group ID
-  /leave ID            leave group ID
-  /members ID          list the members of group ID
+  /create [+public] NAME USER..
+                       create a group with these users (spaces or commas
+                       between them); +public lets anyone /join it; quote a
+                       name with spaces: /create +public "Book club" bob
+  /join #GROUP|ID      join a public group (a private one: a member /adds you)
+  /leave [#GROUP|ID]   leave a group (default: the open one)
+  /members [#GROUP|ID] list the members of a group (default: the open one)
+  /add NAME[,NAME..]   add users to the open group
+  /remove NAME[,NAME..]
+                       remove users from the open group (its owner only)
+  /rename NEW NAME     rename the open group (its owner only)
   /users [PREFIX]      list users
   /status              connection state
   /retry               reconnect now instead of waiting for the next attempt
   /help                this text
   /quit                leave (also Ctrl-D)
+
+The status line shows the connection and the open conversation; in a direct
+conversation ✓ means your last message is stored and ✓✓ that the other
+person has read it; "bob is typing…" while someone types there. Group
+changes show as notes: "12:03 #team * alice added bob".
 `
 
 // Main runs `magpie chat` with args (the arguments after "chat") on the
@@ -95,7 +110,8 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 			}
 		}
 	}
-	u := &ui{out: out, names: map[int64]string{}, groups: map[int64]string{}, convs: map[string]*convState{}}
+	u := &ui{out: out, names: map[int64]string{}, groups: map[int64]string{}, convs: map[string]*convState{},
+		gmeta: map[int64]groupMeta{}, typers: map[string][]int64{}}
 	if ansi {
 		restore := u.startTerminal(in, out)
 		defer restore()
@@ -108,6 +124,9 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 		OnMessage: u.onMessage,
 		OnState:   u.onState,
 		OnRead:    u.onRead,
+		// Version 2 (PROTOCOL §13–§16); a version 1 server sends none.
+		OnReceipt: u.onReceipt,
+		OnTyping:  u.onTyping,
 	})
 	if err != nil {
 		u.printf("%v", err)
@@ -147,6 +166,7 @@ func Run(ctx context.Context, args []string, in io.Reader, out io.Writer, passwo
 	}
 	u.mu.Lock()
 	u.me = c.UID()
+	u.v2 = c.ServerVersion() >= 2 // before the first convs (onState may come later)
 	u.refreshLocked()
 	u.mu.Unlock()
 	u.printf("logged in as %s (uid %d). /help lists the commands.", *user, c.UID())
@@ -225,6 +245,14 @@ func (u *ui) startTerminal(in io.Reader, out io.Writer) (restore func()) {
 		}
 	}
 	resize()
+	// Called for each key, before the editor applies it, with the editor's
+	// lock released.
+	u.term.AutoCompleteCallback = func(line string, pos int, key rune) (string, int, bool) {
+		if typingKey(line, pos, key) {
+			u.typed()
+		}
+		return "", 0, false
+	}
 	winch := make(chan os.Signal, 1)
 	signal.Notify(winch, syscall.SIGWINCH)
 	go func() {
@@ -280,7 +308,21 @@ type ui struct {
 	openPeer int64            // its peer (direct) or 0
 	openGID  int64            // its group or 0
 	loading  bool             // a user list refresh runs
+	learned  time.Time        // when a message last waited for a name refresh
 	marking  map[string]int64 // conv → seq a running mark-read goroutine is to reach
+	epoch    uint64           // messages handled so far (see convState.epoch)
+
+	// Version 2 (PROTOCOL §13–§16).
+	v2      bool                // the last welcome said version 2
+	gmeta   map[int64]groupMeta // gid → owner and visibility
+	typers  map[string][]int64  // conv → who types there now (OnTyping), ascending
+	presSub []int64             // the presence subscription asked for last, ascending
+}
+
+// groupMeta is what version 2 adds to a group (§13).
+type groupMeta struct {
+	owner  int64 // 0: empty, or not known
+	public bool
 }
 
 // convState is what the unread count of a conversation derives from
@@ -289,8 +331,18 @@ type ui struct {
 // moves the sender's read mark) and messages shown in the open
 // conversation (marked read). Both only grow, so the order in which these
 // sources arrive does not matter.
+//
+// For direct conversations of a version 2 server it also keeps what the
+// read marks of the status line derive from (§14): the seq of the user's
+// own last message and the peer's read_seq (from convs, receipts, and the
+// peer's own messages, since sending moves the sender's read mark).
 type convState struct {
 	last, read int64
+	mine       int64  // seq of the user's own last message; 0: none known
+	peerRead   int64  // direct: the peer's read_seq
+	ts         int64  // store time of the last message known (recency)
+	left       bool   // a group the user is no longer in: no unread counted
+	epoch      uint64 // ui.epoch at the last message handled
 }
 
 func (u *ui) conv(conv string) *convState {
@@ -303,7 +355,7 @@ func (u *ui) conv(conv string) *convState {
 }
 
 func (u *ui) unreadLocked(conv string) int64 {
-	if cs := u.convs[conv]; cs != nil && cs.last > cs.read {
+	if cs := u.convs[conv]; cs != nil && !cs.left && cs.last > cs.read {
 		return cs.last - cs.read
 	}
 	return 0
@@ -346,6 +398,12 @@ func (u *ui) promptLocked() string {
 	where := "-"
 	if u.open != "" {
 		where = u.convNameLocked(u.open)
+		if mark := u.readMarkLocked(u.open); mark != "" {
+			where += " " + mark
+		}
+		if t := u.typingLocked(u.open); t != "" {
+			where += ", " + t
+		}
 	}
 	s := fmt.Sprintf("[%s] %s", u.statusLocked(), where)
 	if total > 0 {
@@ -395,10 +453,10 @@ func (u *ui) convNameLocked(conv string) string {
 	a, b, gid, ok := client.ParseConv(conv)
 	switch {
 	case !ok:
-		return conv
+		return clean(conv)
 	case gid != 0:
 		if n := u.groups[gid]; n != "" {
-			return "#" + n
+			return "#" + clean(n)
 		}
 		return "#" + strconv.FormatInt(gid, 10)
 	case a == u.me:
@@ -409,10 +467,12 @@ func (u *ui) convNameLocked(conv string) string {
 }
 
 func (u *ui) onMessage(m client.Message) {
+	u.learnNames(m)
 	u.mu.Lock()
 	defer u.mu.Unlock()
 	_, known := u.names[m.From]
-	if _, _, gid, _ := client.ParseConv(m.Conv); gid != 0 && u.groups[gid] == "" {
+	_, _, gid, _ := client.ParseConv(m.Conv)
+	if gid != 0 && u.groups[gid] == "" {
 		known = false // a group this UI has not seen yet: refresh its name too
 	}
 	if !known && !u.loading {
@@ -428,17 +488,73 @@ func (u *ui) onMessage(m client.Message) {
 			u.mu.Unlock()
 		}()
 	}
+	u.epoch++
+	newConv := u.convs[m.Conv] == nil
 	cs := u.conv(m.Conv)
 	cs.last = max(cs.last, m.Seq)
+	cs.ts = max(cs.ts, m.TS)
+	cs.epoch = u.epoch
 	switch {
 	case m.From == u.me:
 		cs.read = max(cs.read, m.Seq) // sending moved our read mark (§10)
+		cs.mine = max(cs.mine, m.Seq)
 	case m.Conv == u.open:
 		cs.read = max(cs.read, m.Seq) // shown: mark it read
 		u.markReadLocked(m.Conv, m.Seq)
 	}
+	if gid == 0 && m.From != u.me {
+		cs.peerRead = max(cs.peerRead, m.Seq) // the peer's send moved their read mark
+		if newConv && u.v2 && !slices.Contains(u.presSub, m.From) {
+			go u.syncPresence(context.Background()) // a new peer
+		}
+	}
+	ev := m.Event
+	if ev != nil && ev.Event == client.EventCreated {
+		u.groups[gid] = ev.Name // the note names the group
+	}
 	u.printLocked(u.formatLocked(m))
+	if ev != nil {
+		u.groupEventLocked(cs, ev)
+	}
 	u.refreshLocked()
+}
+
+// learnNames refreshes the user list (and the group list) before m is
+// printed when m names a user or a group this UI does not know, so the
+// line reads "dave: hi" rather than "#4: hi". It waits at most 3 s and
+// runs at most once every 2 s; other misses are refreshed in the
+// background by onMessage, for the lines after.
+func (u *ui) learnNames(m client.Message) {
+	u.mu.Lock()
+	uids := []int64{m.From}
+	if ev := m.Event; ev != nil {
+		uids = append(uids, ev.Members...)
+		if ev.OwnerChanged && ev.NewOwner != 0 {
+			uids = append(uids, ev.NewOwner)
+		}
+	}
+	var users bool
+	for _, uid := range uids {
+		if _, ok := u.names[uid]; !ok {
+			users = true
+		}
+	}
+	_, _, gid, _ := client.ParseConv(m.Conv)
+	groups := gid != 0 && u.groups[gid] == "" && (m.Event == nil || m.Event.Event != client.EventCreated)
+	if !users && !groups || time.Since(u.learned) < 2*time.Second {
+		u.mu.Unlock()
+		return
+	}
+	u.learned = time.Now()
+	u.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+	defer cancel()
+	if users {
+		u.loadUsers(ctx, "")
+	}
+	if groups {
+		u.cmdConvsQuiet(ctx)
+	}
 }
 
 // markReadLocked marks conv read up to seq in the background: one
@@ -481,9 +597,14 @@ func (u *ui) markReadLocked(conv string, seq int64) {
 	}()
 }
 
+// formatLocked is a message's line in the transcript; a group's system
+// message is a note: "12:03 #team * alice added bob, carol".
 func (u *ui) formatLocked(m client.Message) string {
 	ts := time.UnixMilli(m.TS).Format("15:04")
-	return fmt.Sprintf("%s %s %s: %s", ts, u.convNameLocked(m.Conv), u.nameLocked(m.From), m.Body)
+	if m.Event != nil {
+		return fmt.Sprintf("%s %s * %s", ts, u.convNameLocked(m.Conv), noteText(m.Event, u.nameLocked))
+	}
+	return fmt.Sprintf("%s %s %s: %s", ts, u.convNameLocked(m.Conv), u.nameLocked(m.From), clean(m.Body))
 }
 
 // onState keeps the status line current. An outage prints one line when
@@ -496,6 +617,7 @@ func (u *ui) onState(e client.StateEvent) {
 	u.state = e
 	switch e.State {
 	case client.StateOnline:
+		u.v2 = u.c.ServerVersion() >= 2
 		if !u.lostAt.IsZero() {
 			u.printLocked(fmt.Sprintf("-- online again (offline %v)", time.Since(u.lostAt).Round(time.Second)))
 			u.lostAt = time.Time{}
@@ -575,27 +697,41 @@ func (u *ui) command(ctx context.Context, line string) bool {
 	case "/read", "/r":
 		u.cmdRead(rctx)
 	case "/create":
-		if len(args) < 1 {
-			u.printf("usage: /create NAME USER...")
+		a, err := parseCreate(rest)
+		if err != nil {
+			u.printf("create: %v (usage: /create [+public] NAME USER...)", err)
 			return false
 		}
-		u.cmdCreate(rctx, args[0], args[1:])
-	case "/join", "/leave", "/members":
-		if len(args) != 1 {
-			u.printf("usage: %s GROUP-ID", cmd)
+		u.cmdCreate(rctx, a)
+	case "/join":
+		if rest == "" {
+			u.printf("usage: /join #GROUP or /join ID (a public group)")
 			return false
 		}
-		gid, err := strconv.ParseInt(strings.TrimPrefix(args[0], "#"), 10, 64)
-		if err != nil || gid <= 0 {
-			u.printf("not a group id: %s", args[0])
+		if gid, ok := u.resolveGroup(rctx, rest); ok {
+			u.cmdGroup(rctx, cmd, gid)
+		}
+	case "/leave", "/members":
+		gid := int64(0)
+		if rest == "" {
+			if gid = u.openGroup(cmd); gid == 0 {
+				return false
+			}
+		} else if id, ok := u.resolveGroup(rctx, rest); ok {
+			gid = id
+		} else {
 			return false
 		}
 		u.cmdGroup(rctx, cmd, gid)
+	case "/add", "/remove":
+		u.cmdMembers(rctx, cmd, rest)
+	case "/rename":
+		u.cmdRename(rctx, rest)
 	case "/users", "/u":
 		u.cmdUsers(rctx, rest)
 	case "/status":
 		u.mu.Lock()
-		st := fmt.Sprintf("state: %s, uid %d, open: %s", u.c.State(), u.me, u.open)
+		st := fmt.Sprintf("state: %s, protocol version %d, uid %d, open: %s", u.c.State(), u.c.ServerVersion(), u.me, u.open)
 		if u.state.State == client.StateReconnecting && u.state.Err != nil {
 			st += fmt.Sprintf(", last error: %v", u.state.Err)
 		}
@@ -612,6 +748,18 @@ func (u *ui) command(ctx context.Context, line string) bool {
 }
 
 func (u *ui) fail(what string, err error) { u.printf("%s: %v", what, err) }
+
+// shorten cuts s to at most n bytes at a character boundary, marking the
+// cut with "…".
+func shorten(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	for n > 0 && !utf8.RuneStart(s[n]) {
+		n--
+	}
+	return s[:n] + "…"
+}
 
 func (u *ui) loadUsers(ctx context.Context, prefix string) []client.User {
 	var all []client.User
@@ -635,59 +783,108 @@ func (u *ui) loadUsers(ctx context.Context, prefix string) []client.User {
 	return all
 }
 
-// convsLocked takes group names and read state from a convs reply.
-func (u *ui) convsLocked(list client.ConvList) {
+// convsLocked takes group names and read state from a convs reply; epoch
+// is u.epoch when the request went out. Every group the user is in is
+// listed (PROTOCOL §4), so a group that is not, and had no message since
+// the request, is one the user left or was removed from meanwhile.
+func (u *ui) convsLocked(list client.ConvList, epoch uint64) {
+	listed := map[string]bool{}
 	for _, it := range list.Items {
+		listed[it.Conv] = true
 		if it.Group != 0 {
 			u.groups[it.Group] = it.Name
+			if u.v2 {
+				u.gmeta[it.Group] = groupMeta{owner: it.Owner, public: it.Public}
+			}
 		}
 		cs := u.conv(it.Conv)
 		cs.last = max(cs.last, it.LastSeq)
 		cs.read = max(cs.read, it.ReadSeq)
+		cs.peerRead = max(cs.peerRead, it.PeerReadSeq)
+		if m := it.Last; m != nil {
+			cs.ts = max(cs.ts, m.TS)
+			if m.From == u.me {
+				cs.mine = max(cs.mine, m.Seq)
+			}
+		}
+	}
+	for conv, cs := range u.convs {
+		if _, _, gid, _ := client.ParseConv(conv); gid != 0 && cs.epoch <= epoch {
+			cs.left = !listed[conv]
+			if cs.left && u.open == conv {
+				u.open, u.openPeer, u.openGID = "", 0, 0
+			}
+		}
 	}
 }
 
-func (u *ui) cmdConvs(ctx context.Context) {
+// fetchConvs fetches the conversation list, applies it and renews the presence
+// subscription for the direct peers in it.
+func (u *ui) fetchConvs(ctx context.Context) (client.ConvList, error) {
+	u.mu.Lock()
+	epoch := u.epoch
+	u.mu.Unlock()
 	list, err := u.c.Convs(ctx)
+	if err != nil {
+		return list, err
+	}
+	u.mu.Lock()
+	u.convsLocked(list, epoch)
+	u.refreshLocked()
+	u.mu.Unlock()
+	u.syncPresence(ctx)
+	return list, nil
+}
+
+func (u *ui) cmdConvs(ctx context.Context) {
+	list, err := u.fetchConvs(ctx)
 	if err != nil {
 		u.fail("convs", err)
 		return
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.convsLocked(list)
-	defer u.refreshLocked()
 	if len(list.Items) == 0 {
 		u.printLocked("no conversations yet: /users lists people, /open NAME starts one")
 		return
 	}
 	u.printLocked(fmt.Sprintf("conversations (%d unread):", list.TotalUnread))
-	for _, it := range list.Items {
-		name := u.convNameLocked(it.Conv)
-		if it.Group != 0 {
-			name += fmt.Sprintf(" (group %d)", it.Group)
-		}
-		line := fmt.Sprintf("  %-24s %3d unread", name, it.Unread)
-		if it.Last != nil {
-			body := it.Last.Body
-			if len(body) > 40 {
-				body = body[:40] + "…"
-			}
-			line += fmt.Sprintf("  %s: %s", u.nameLocked(it.Last.From), body)
+	labels := make([]string, len(list.Items))
+	width := 24 // the names' column: as wide as the widest, within 24 to 40
+	for i, it := range list.Items {
+		labels[i] = u.convLabelLocked(it)
+		width = max(width, min(40, utf8.RuneCountInString(labels[i])))
+	}
+	for i, it := range list.Items {
+		line := fmt.Sprintf("  %s%s %3d unread", labels[i], strings.Repeat(" ", max(0, width-utf8.RuneCountInString(labels[i]))), it.Unread)
+		if m := it.Last; m != nil && m.Event != nil {
+			line += "  * " + noteText(m.Event, u.nameLocked)
+		} else if m != nil {
+			line += fmt.Sprintf("  %s: %s", u.nameLocked(m.From), shorten(clean(m.Body), 40))
 		}
 		u.printLocked(line)
 	}
 }
 
-func (u *ui) cmdConvsQuiet(ctx context.Context) {
-	list, err := u.c.Convs(ctx)
-	if err != nil {
-		return
+// convLabelLocked names a conversation in /convs: "@bob (online)",
+// "@carol (last seen 5 min ago)", "#lobby (group 1, public)".
+func (u *ui) convLabelLocked(it client.Conv) string {
+	name := u.convNameLocked(it.Conv)
+	switch {
+	case it.Group != 0 && it.Public:
+		name += fmt.Sprintf(" (group %d, public)", it.Group)
+	case it.Group != 0:
+		name += fmt.Sprintf(" (group %d)", it.Group)
+	case it.Peer != 0:
+		if p := u.presenceLocked(it.Peer); p != "" {
+			name += " (" + p + ")"
+		}
 	}
-	u.mu.Lock()
-	defer u.mu.Unlock()
-	u.convsLocked(list)
-	u.refreshLocked()
+	return name
+}
+
+func (u *ui) cmdConvsQuiet(ctx context.Context) {
+	_, _ = u.fetchConvs(ctx)
 }
 
 // pick chooses among names (id → name) the one named q (case-insensitive),
@@ -769,6 +966,13 @@ func (u *ui) cmdOpen(ctx context.Context, target string) {
 	}
 	u.refreshLocked()
 	u.mu.Unlock()
+	switch {
+	case peer == 0:
+	case u.c.State() == client.StateOnline:
+		u.syncPresence(ctx) // the header says whether the peer is online
+	default:
+		go u.syncPresence(context.Background()) // sent once online; the history waits anyway
+	}
 	u.cmdHistory(ctx, 10)
 }
 
@@ -793,9 +997,14 @@ func (u *ui) lookupUser(ctx context.Context, name string) (uid int64, ambiguous 
 	return 0, nil, fmt.Errorf("no user %q", name)
 }
 
+// cmdHistory prints the last n messages of the open conversation under a
+// header ("-- @bob (online)"). In a direct conversation of a version 2
+// server, a line "-- bob has read up to here" goes before the first
+// message the peer has not read, when messages of the user's own are
+// among those.
 func (u *ui) cmdHistory(ctx context.Context, n int) {
 	u.mu.Lock()
-	conv := u.open
+	conv, peer := u.open, u.openPeer
 	u.mu.Unlock()
 	if conv == "" {
 		u.printf("no open conversation: /open NAME or /open #GROUP")
@@ -813,13 +1022,47 @@ func (u *ui) cmdHistory(ctx context.Context, n int) {
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	u.printLocked(fmt.Sprintf("-- %s", u.convNameLocked(conv)))
+	head := "-- " + u.convNameLocked(conv)
+	if peer != 0 {
+		if p := u.presenceLocked(peer); p != "" {
+			head += " (" + p + ")"
+		}
+	}
+	u.printLocked(head)
 	if len(page.Messages) == 0 {
 		u.printLocked("(no messages yet)")
 	}
+	cs := u.conv(conv)
 	for _, m := range page.Messages {
+		if m.From == u.me {
+			cs.mine = max(cs.mine, m.Seq)
+		} else if peer != 0 {
+			cs.peerRead = max(cs.peerRead, m.Seq)
+		}
+	}
+	marker := -1 // index of the first message the peer has not read
+	if u.v2 && peer != 0 {
+		for i, m := range page.Messages {
+			if m.Seq > cs.peerRead {
+				if marker < 0 {
+					marker = i
+				}
+				if m.From == u.me {
+					break
+				}
+			}
+			if i == len(page.Messages)-1 {
+				marker = -1 // none of the user's own unread: nothing to say
+			}
+		}
+	}
+	for i, m := range page.Messages {
+		if i == marker {
+			u.printLocked(fmt.Sprintf("-- %s has read up to here", u.nameLocked(peer)))
+		}
 		u.printLocked(u.formatLocked(m))
 	}
+	u.refreshLocked()
 }
 
 func (u *ui) cmdSend(ctx context.Context, text string) {
@@ -855,34 +1098,37 @@ func (u *ui) cmdRead(ctx context.Context) {
 	u.printf("marked read up to %d (%d unread in total)", r.Seq, r.TotalUnread)
 }
 
-func (u *ui) cmdCreate(ctx context.Context, name string, users []string) {
-	var uids []int64
-	for _, n := range users {
-		uid, amb, err := u.lookupUser(ctx, strings.TrimPrefix(n, "@"))
-		if len(amb) > 0 {
-			err = fmt.Errorf("%q matches %s", n, strings.Join(amb, ", "))
-		}
-		if err != nil {
-			u.fail("create", err)
-			return
-		}
-		uids = append(uids, uid)
+func (u *ui) cmdCreate(ctx context.Context, a createArgs) {
+	uids, ok := u.resolveUsers(ctx, "create", a.users)
+	if !ok {
+		return
 	}
-	g, err := u.c.CreateGroup(ctx, name, uids)
+	g, err := u.c.CreateGroupWith(ctx, client.NewGroup{Name: a.name, Members: uids, Public: a.public})
 	if err != nil {
 		u.fail("create", err)
 		return
 	}
 	u.mu.Lock()
-	u.groups[g.ID] = g.Name
-	u.mu.Unlock()
-	u.printf("created #%s (group %d, %d members); /open #%d", g.Name, g.ID, g.Count, g.ID)
+	defer u.mu.Unlock()
+	u.groupReplyLocked(g, false)
+	kind := ""
+	if u.v2 && g.Public {
+		kind = "public, "
+	} else if u.v2 {
+		kind = "private, "
+	}
+	u.printLocked(fmt.Sprintf("created #%s (group %d, %s%d members); /open #%d", clean(g.Name), g.ID, kind, g.Count, g.ID))
 }
 
-func (u *ui) cmdGroup(ctx context.Context, cmd string, gid int64) {
+// cmdGroup runs /join, /leave, /members, and /add and /remove of uids.
+func (u *ui) cmdGroup(ctx context.Context, cmd string, gid int64, uids ...int64) {
 	var g client.Group
 	var err error
 	switch cmd {
+	case "/add":
+		g, err = u.c.AddMembers(ctx, gid, uids)
+	case "/remove":
+		g, err = u.c.RemoveMembers(ctx, gid, uids)
 	case "/join":
 		g, err = u.c.JoinGroup(ctx, gid)
 	case "/leave":
@@ -891,26 +1137,44 @@ func (u *ui) cmdGroup(ctx context.Context, cmd string, gid int64) {
 		g, err = u.c.GroupMembers(ctx, gid, 0, 1000)
 	}
 	if err != nil {
-		u.fail(cmd[1:], err)
+		u.groupFail(cmd[1:], gid, err)
 		return
 	}
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if g.Name != "" {
-		u.groups[g.ID] = g.Name
-	}
+	u.groupReplyLocked(g, false)
 	switch cmd {
+	case "/add", "/remove":
+		u.printLocked(fmt.Sprintf("-- %s has %d members", u.groupLabelLocked(gid), g.Count))
 	case "/join":
-		u.printLocked(fmt.Sprintf("joined #%s (group %d, %d members)", g.Name, g.ID, g.Count))
+		if cs := u.convs[client.GroupConv(gid)]; cs != nil {
+			cs.left = false
+		}
+		u.printLocked(fmt.Sprintf("joined %s (group %d, %d members); /open #%d", u.groupLabelLocked(gid), g.ID, g.Count, g.ID))
 	case "/leave":
-		u.printLocked(fmt.Sprintf("left group %d (%d members remain)", g.ID, g.Count))
+		if cs := u.convs[client.GroupConv(gid)]; cs != nil {
+			cs.left = true
+		}
+		if u.openGID == gid {
+			u.open, u.openPeer, u.openGID = "", 0, 0
+		}
+		u.printLocked(fmt.Sprintf("left %s (%d members remain)", u.groupLabelLocked(gid), g.Count))
+		u.refreshLocked()
 	default:
 		names := make([]string, 0, len(g.Members))
 		for _, m := range g.Members {
-			names = append(names, u.nameLocked(m))
+			n := u.nameLocked(m)
+			if u.v2 && m == g.Owner {
+				n += " (owner)"
+			}
+			names = append(names, n)
 		}
 		sort.Strings(names)
-		u.printLocked(fmt.Sprintf("group %d: %d members: %s", g.ID, g.Count, strings.Join(names, ", ")))
+		more := ""
+		if g.More {
+			more = ", …"
+		}
+		u.printLocked(fmt.Sprintf("%s (group %d): %d members: %s%s", u.groupLabelLocked(gid), g.ID, g.Count, strings.Join(names, ", "), more))
 	}
 }
 

@@ -98,6 +98,12 @@ func TestChatSession(t *testing.T) {
 	say("/users c")
 	waitOutput(t, out, "carol (")
 	say("/quit")
+	waitExit(t, done, out)
+}
+
+// waitExit waits for Run to return 0 on done.
+func waitExit(t *testing.T, done <-chan int, out *syncBuf) {
+	t.Helper()
 	select {
 	case code := <-done:
 		if code != 0 {
@@ -113,7 +119,9 @@ func TestChatUsage(t *testing.T) {
 	if code := Run(context.Background(), nil, strings.NewReader(""), out, "x", false); code != 2 {
 		t.Fatalf("exit %d", code)
 	}
-	if !strings.Contains(out.String(), "usage: magpie chat") {
-		t.Fatalf("no usage: %s", out.String())
+	for _, want := range []string{"usage: magpie chat", "/create [+public] NAME", "/add NAME", "/remove NAME", "/rename NEW NAME", "/join #GROUP|ID", "✓✓"} {
+		if !strings.Contains(out.String(), want) {
+			t.Fatalf("usage without %q: %s", want, out.String())
+		}
 	}
 }

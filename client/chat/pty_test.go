@@ -318,14 +318,20 @@ func TestChatTerminal(t *testing.T) {
 	p.typ("after the outage\r")
 	p.waitText("alice: after the outage")
 
-	t.Logf("screen before /quit:\n%s", p.scr)
+	p.quit()
+}
+
+// quit types /quit and waits for the client to exit 0.
+func (p *ptyChat) quit() {
+	p.t.Helper()
+	p.t.Logf("screen before /quit:\n%s", p.scr)
 	p.typ("/quit\r")
 	select {
 	case <-p.exited:
 	case <-time.After(20 * time.Second):
-		t.Fatalf("chat did not quit:\n%s", p.scr)
+		p.t.Fatalf("chat did not quit:\n%s", p.scr)
 	}
 	if code := p.cmd.ProcessState.ExitCode(); code != 0 {
-		t.Fatalf("exit %d:\n%s", code, p.scr)
+		p.t.Fatalf("exit %d:\n%s", code, p.scr)
 	}
 }

@@ -196,6 +196,13 @@ func (s *screen) rowOf(sub string) (row, cursor int) {
 	return -1, s.y
 }
 
+// snapshot is the screen's rows without trailing blanks.
+func (s *screen) snapshot() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.lines()
+}
+
 // count is how many rows contain sub.
 func (s *screen) count(sub string) int {
 	s.mu.Lock()
