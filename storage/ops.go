@@ -101,7 +101,8 @@ func (s *Store) barrier(r *request) {
 		return
 	}
 	var syncDur time.Duration
-	if !b.Empty() {
+	empty := b.Empty() // before Commit, which may hand a large batch's data to Pebble
+	if !empty {
 		var err error
 		syncDur, err = s.commitPebble(b)
 		if err != nil {
@@ -114,7 +115,7 @@ func (s *Store) barrier(r *request) {
 	if apply != nil {
 		apply(c.gen)
 	}
-	if !b.Empty() {
+	if !empty {
 		s.newSnap(c.gen)
 		s.pubNextUID.Store(s.nextUID)
 		s.pubNextGID.Store(s.nextGID)

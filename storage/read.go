@@ -382,9 +382,11 @@ func (r reader) item(uid uint64, ck convKey, insert bool) (it ConvItem, ts int64
 // come in pages (docs/PROTOCOL.md, "convs paging").
 const convsAllMax = 10000
 
-// insertLimit is the number of conversations up to which a listing offers
-// the heads it loads to the cache; a larger listing (a user with very many
-// conversations) would only push everything else out.
+// insertLimit is the number of conversations up to which a listing loads
+// whole heads (with the last message) and offers them to the cache;
+// beyond it, it reads only what sorting and counting need (light), and
+// caches nothing: a user with very many conversations would otherwise
+// push everything else out of the cache.
 const insertLimit = 1000
 
 // before reports whether item (ts, conv) sorts before (ts2, conv2):
@@ -396,20 +398,98 @@ func before(ts int64, conv string, ts2 int64, conv2 string) bool {
 	return conv < conv2
 }
 
-// itemHeap is a max-heap of the items that sort last, for a top-k page.
-type itemHeap []ConvItem
+// listed is a conversation chosen for a page: its sort key, its unread
+// as counted in the total, and the item when it was loaded whole.
+type listed struct {
+	ck     convKey
+	conv   string
+	ts     int64
+	unread uint64
+	item   *ConvItem
+}
 
-func (h itemHeap) Len() int           { return len(h) }
-func (h itemHeap) Less(i, j int) bool { return before(h[j].TS, h[j].Conv, h[i].TS, h[i].Conv) }
-func (h itemHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
-func (h *itemHeap) Push(x any)        { *h = append(*h, x.(ConvItem)) }
-func (h *itemHeap) Pop() any {
+// listHeap is a max-heap of the listed conversations that sort last, for
+// a top-k page.
+type listHeap []listed
+
+func (h listHeap) Len() int           { return len(h) }
+func (h listHeap) Less(i, j int) bool { return before(h[j].ts, h[j].conv, h[i].ts, h[i].conv) }
+func (h listHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *listHeap) Push(x any)        { *h = append(*h, x.(listed)) }
+func (h *listHeap) Pop() any {
 	old := *h
 	x := old[len(old)-1]
 	*h = old[:len(old)-1]
 	return x
 }
 
+// light returns what listing needs of ck without its last message: the
+// sort ts and uid's unread; ok is false when ck is not to be listed.
+func (r reader) light(uid uint64, ck convKey) (ts int64, unreadN uint64, ok bool, err error) {
+	var seq uint64
+	var reads [2]uint64
+	hv := func() error {
+		if r.s.cache.view(headKey(ck), func(e *entry) {
+			h := e.v.(*head)
+			seq, ts, reads = h.lastSeq, h.lastTS, h.pubReads
+		}) {
+			return nil
+		}
+		var kb [1 + convLen]byte
+		_, err := getValue(r.sn.snap, keyConv(kb[:0], pfxMeta, ck), func(v []byte) error {
+			var err error
+			seq, ts, reads, err = decodeMeta(v, !ck.group())
+			return err
+		})
+		return err
+	}
+	if ck.group() {
+		g, err := r.group(ck.a)
+		if err != nil || g == nil {
+			return 0, 0, false, err
+		}
+		member, mark, err := r.markNoInsert(g, uid)
+		if err != nil || !member {
+			return 0, 0, false, err
+		}
+		if err := hv(); err != nil {
+			return 0, 0, false, err
+		}
+		if seq == 0 {
+			ts = g.created
+		}
+		return ts, unread(seq, min(mark, seq)), true, nil
+	}
+	if err := hv(); err != nil || seq == 0 {
+		return 0, 0, false, err
+	}
+	i := 0
+	if uid == ck.b {
+		i = 1
+	}
+	return ts, unread(seq, min(reads[i], seq)), true, nil
+}
+
+// markNoInsert is mark without offering a loaded value to the cache.
+func (r reader) markNoInsert(g *groupRec, uid uint64) (member bool, mark uint64, err error) {
+	if r.s.cache.view(memberKey(g.id, uid), func(e *entry) {
+		m := e.v.(*markEnt)
+		member, mark = m.member, m.pub
+	}) {
+		return member, mark, nil
+	}
+	m, err := loadMark(r.sn.snap, g.id, uid, -1)
+	if err != nil {
+		return false, 0, err
+	}
+	return m.member, m.pub, nil
+}
+
+// convList lists a page of uid's conversations. It looks at every
+// conversation (the total counts them all), keeping only the page's in a
+// bounded heap; the first insertLimit are loaded whole (and cached), the
+// rest light, and a light one that makes the page is loaded whole at the
+// end.
 func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 	if q.Limit < 0 {
 		return ConvsPage{}, &Error{Code: BadRequest, Msg: "limit must not be negative"}
@@ -428,30 +508,36 @@ func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 	}
 	r := s.reader()
 	defer r.close()
-	// Keep the limit items that sort first (a bounded max-heap), and the
-	// total over every conversation.
-	var page itemHeap
+	var page listHeap
 	var total uint64
 	n := 0
 	more := false
 	err := r.eachConv(uid, func(ck convKey) error {
 		n++
-		it, ts, ok, err := r.item(uid, ck, n <= insertLimit)
-		if err != nil {
+		var l listed
+		var ok bool
+		var err error
+		if n <= insertLimit {
+			var it ConvItem
+			if it, l.ts, ok, err = r.item(uid, ck, true); ok {
+				l.item, l.unread, l.conv = &it, it.Unread, it.Conv
+			}
+		} else if l.ts, l.unread, ok, err = r.light(uid, ck); ok {
+			l.conv = ck.String()
+		}
+		if err != nil || !ok {
 			return err
 		}
-		if !ok {
-			return nil
-		}
-		total += it.Unread
-		if q.HasBefore && !before(q.BeforeTS, q.BeforeConv, ts, it.Conv) {
+		l.ck = ck
+		total += l.unread
+		if q.HasBefore && !before(q.BeforeTS, q.BeforeConv, l.ts, l.conv) {
 			return nil // not after the cursor
 		}
 		switch {
 		case len(page) < limit:
-			heap.Push(&page, it)
-		case before(ts, it.Conv, page[0].TS, page[0].Conv):
-			page[0] = it
+			heap.Push(&page, l)
+		case before(l.ts, l.conv, page[0].ts, page[0].conv):
+			page[0] = l
 			heap.Fix(&page, 0)
 			more = true
 		default:
@@ -462,7 +548,22 @@ func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 	if err != nil {
 		return ConvsPage{}, r.fail("convs", err)
 	}
-	items := []ConvItem(page)
+	items := make([]ConvItem, 0, len(page))
+	for _, l := range page {
+		if l.item == nil {
+			it, _, ok, err := r.item(uid, l.ck, false)
+			if err != nil {
+				return ConvsPage{}, r.fail("convs", err)
+			}
+			if !ok {
+				continue // left the group meanwhile
+			}
+			// The total counted the light value; the item may be newer.
+			total = total - l.unread + it.Unread
+			l.item = &it
+		}
+		items = append(items, *l.item)
+	}
 	slices.SortFunc(items, func(x, y ConvItem) int {
 		switch {
 		case before(x.TS, x.Conv, y.TS, y.Conv):
@@ -472,9 +573,6 @@ func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 		}
 		return 0
 	})
-	if items == nil {
-		items = []ConvItem{}
-	}
 	return ConvsPage{Items: items, TotalUnread: total, More: more}, nil
 }
 
@@ -508,10 +606,15 @@ func (r reader) totalUnread(uid uint64) (uint64, error) {
 	n := 0
 	err := r.eachConv(uid, func(ck convKey) error {
 		n++
-		it, _, ok, err := r.item(uid, ck, n <= insertLimit)
-		if ok {
-			total += it.Unread
+		if n <= insertLimit {
+			it, _, ok, err := r.item(uid, ck, true)
+			if ok {
+				total += it.Unread
+			}
+			return err
 		}
+		_, u, _, err := r.light(uid, ck)
+		total += u
 		return err
 	})
 	return total, err
@@ -553,6 +656,15 @@ func (s *Store) groupMembers(uid, gid, after uint64, limit int) (GroupInfo, erro
 		gi.Members = append(gi.Members, page...)
 		return gi, nil
 	}
+	// The page comes from the snapshot: so does the count (the cached
+	// record may be newer).
+	if g, err = loadGroup(r.sn.snap, gid); err != nil || g == nil {
+		if err == nil {
+			return GroupInfo{}, &Error{Code: NotFound, Msg: "unknown group"}
+		}
+		return GroupInfo{}, r.fail("group", err)
+	}
+	gi.Count, gi.Owner, gi.Public, gi.Name = int(g.count), g.owner, g.public, g.name
 	err = scanMembers(r.sn.snap, gid, after, func(uid uint64) bool {
 		if len(gi.Members) == limit {
 			gi.More = true
