@@ -125,10 +125,11 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	c      committer    // the batch in preparation; committer only
-	recent *recentCMIDs // recently stored cmids; committer only
-	broken atomic.Bool  // a commit hit a Pebble fatal error
-	st     counters
+	c         committer       // the batch in preparation; committer only
+	recent    *recentCMIDs    // recently stored cmids; committer only
+	unflushed *unflushedCMIDs // committed cmids not yet in sstables; committer only
+	broken    atomic.Bool     // a commit hit a Pebble fatal error
+	st        counters
 }
 
 // Open opens (creating if needed) the Pebble database in dir. It reads no
@@ -167,6 +168,7 @@ type Stats struct {
 	RecentCMIDs    int64  // entries held
 	RecentCMIDHits uint64 // retries answered from it
 	CMIDLookups    uint64 // lookups in the cmid index (Pebble)
+	UnflushedCMIDs int64  // committed cmids not yet flushed to sstables (unflushed.go)
 }
 
 // Stats returns the current counters. Safe for concurrent use; cheap.
@@ -193,6 +195,7 @@ func (s *Store) Stats() Stats {
 		RecentCMIDs:    s.recent.n.Load(),
 		RecentCMIDHits: s.recent.hits.Load(),
 		CMIDLookups:    s.st.cmidLookups.Load(),
+		UnflushedCMIDs: s.unflushed.n.Load(),
 	}
 }
 

@@ -20,13 +20,17 @@ import (
 // values under the shard lock and, on a miss, load from the current
 // read snapshot (snap.go) and offer what they loaded to the cache.
 //
-// # Invariants (tested in cache_test.go and eviction_test.go)
+// # Invariants (tested in cache_test.go)
 //
-// INVARIANT 1 (pins): every entry the committer reads or changes for the
-// unit of work in preparation (a batch or a barrier) is pinned from the
-// moment it looks it up until that unit is published; a pinned entry is
-// never evicted. So the committer's head fields stay with the entry while
-// they differ from the published ones.
+// INVARIANT 1 (pins): every cache key whose value the committer's unit of
+// work (a batch or a barrier) reads or changes has an entry, pinned, from
+// before the unit is committed until it is published. A pinned entry is
+// never evicted. A key the unit changes without needing its value (a
+// user's conversation set, a member list) gets a placeholder entry (v ==
+// nil), which readers treat as a miss and which blocks their inserts; the
+// unit drops it when it publishes (or fails). So the committer's head
+// fields stay with the entry while they differ from the published ones,
+// and no reader can cache a value of a key while a unit is changing it.
 //
 // INVARIANT 2 (no stale inserts): publishing a unit of work with
 // generation g stamps every key it wrote with g (touched[slot(key)] = g)
@@ -40,13 +44,21 @@ import (
 // insert, it never admits a stale one.
 //
 // INVARIANT 3 (durable only): readers only load from snapshots taken
-// after a publish (snap.go), never from the live DB, which may show a batch
+// after a commit (snap.go), never from the live DB, which may show a batch
 // whose WAL sync has not finished. The committer may read the live DB: it
 // is the only writer and every batch it committed is durable when Commit
 // returns.
 //
 // INVARIANT 4 (head == published): an unpinned entry's committer-only
 // fields equal its published ones (a failed commit resets them).
+//
+// INVARIANT 5 (monotonic reads): the committer takes the snapshot of a
+// unit before it publishes the unit to the cache. A reader that saw a
+// unit's effect in the cache therefore finds that unit's snapshot (or a
+// later one) current when its next read starts; and by INVARIANT 1 a key
+// being changed is cached (pinned) until the change is published, so no
+// reader mixes a newer snapshot's value of it with an older cached one. A
+// read that starts after another one ended never shows older state.
 
 const (
 	cacheShards = 16
@@ -88,8 +100,8 @@ func (c *cache) hash(k ckey) uint64     { return maphash.Comparable(c.seed, k) }
 func (c *cache) shard(h uint64) *cshard { return &c.shards[h>>60%cacheShards] }
 func touchedSlot(h uint64) int          { return int(h & (touchedSlots - 1)) }
 
-// entry is one cached value. Every field but v's committer-only fields is
-// guarded by its shard's mu.
+// entry is one cached value (v nil: a placeholder, see INVARIANT 1).
+// Every field but v's committer-only fields is guarded by its shard's mu.
 type entry struct {
 	key        ckey
 	prev, next *entry // LRU list; root.next is the most recent
@@ -283,6 +295,33 @@ func (c *cache) stats() cstats {
 // fields of the values it gets without locks; it changes published fields
 // only inside publishLock/unlock.
 
+// placeholder pins k's entry for gen, adding an empty one (v nil) if k is
+// not cached (INVARIANT 1). It reports whether it added one.
+func (c *cache) placeholder(k ckey, gen uint64) bool {
+	h := c.hash(k)
+	s := c.shard(h)
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if e := s.m[k]; e != nil {
+		e.pin = gen
+		return false
+	}
+	c.addLocked(s, k, nil, 0, 0, gen)
+	c.inserts.Add(^uint64(0)) // not a value
+	return true
+}
+
+// dropPlaceholder removes k's entry if it is still a placeholder.
+func (c *cache) dropPlaceholder(k ckey) {
+	h := c.hash(k)
+	s := c.shard(h)
+	s.mu.Lock()
+	if e := s.m[k]; e != nil && e.v == nil {
+		c.removeLocked(s, e)
+	}
+	s.mu.Unlock()
+}
+
 // pinned returns k's entry pinned for the unit of work gen, or nil.
 func (c *cache) pinned(k ckey, gen uint64) *entry {
 	h := c.hash(k)
@@ -323,28 +362,29 @@ func (c *cache) publishLock(k ckey, gen uint64) (*cshard, *entry) {
 	return s, s.m[k]
 }
 
-// view calls fn with k's entry under its shard lock if it is cached, and
-// reports whether it was. For readers copying published fields.
+// view calls fn with k's entry under its shard lock if it holds a value,
+// and reports whether it did. For readers copying published fields.
 func (c *cache) view(k ckey, fn func(e *entry)) bool {
 	h := c.hash(k)
 	s := c.shard(h)
 	s.mu.Lock()
 	e := c.lookupLocked(s, k)
-	if e != nil {
+	ok := e != nil && e.v != nil
+	if ok {
 		fn(e)
 	}
 	s.mu.Unlock()
-	return e != nil
+	return ok
 }
 
 // get returns k's value and n (immutable values only: groups, lists,
-// users, names), or ok false.
+// users, names), or ok false (also for a placeholder).
 func (c *cache) get(k ckey) (v any, n uint64, ok bool) {
 	h := c.hash(k)
 	s := c.shard(h)
 	s.mu.Lock()
 	e := c.lookupLocked(s, k)
-	if e != nil {
+	if e != nil && e.v != nil {
 		v, n, ok = e.v, e.n, true
 	}
 	s.mu.Unlock()

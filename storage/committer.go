@@ -95,12 +95,16 @@ type committer struct {
 	// bigRecips holds, for this batch, the member lists of groups too large
 	// for the cache (read from Pebble once per batch, not kept).
 	bigRecips map[uint64][]uint64
-	now       int64 // Unix ms of the batch
+	// placeholders are the cache keys this unit added placeholder entries
+	// for (cache.go INVARIANT 1); endUnit drops what publishing left.
+	placeholders []ckey
+	now          int64 // Unix ms of the batch
 	// The batch's key/value pairs, staged in buf so that they can be added
 	// to the Pebble batch in key order (see fillBatch).
 	buf   []byte
 	ents  []staged
-	cit   *pebble.Iterator // cmid lookups of this batch; nil until the first
+	cit   *pebble.Iterator // cmid lookups of this batch in the whole DB; nil until the first
+	dit   *pebble.Iterator // the same in sstables only (unflushed.go)
 	start time.Time
 	key   []byte // scratch
 }
@@ -118,10 +122,24 @@ func (c *committer) beginUnit() {
 	c.s.cache.pinGen.Store(c.gen)
 }
 
-// endUnit unpins the unit's entries and trims what they kept over budget.
+// endUnit drops the unit's placeholders, unpins its entries and trims
+// what they kept over budget.
 func (c *committer) endUnit() {
+	for _, k := range c.placeholders {
+		c.s.cache.dropPlaceholder(k)
+	}
+	clear(c.placeholders)
+	c.placeholders = c.placeholders[:0]
 	c.s.cache.pinGen.Store(0)
 	c.s.cache.trimAll()
+}
+
+// changes pins k, whose value this unit changes without reading it
+// (cache.go INVARIANT 1).
+func (c *committer) changes(k ckey) {
+	if c.s.cache.placeholder(k, c.gen) {
+		c.placeholders = append(c.placeholders, k)
+	}
 }
 
 // run is the committer goroutine.
@@ -192,6 +210,7 @@ func (c *committer) fill() *request {
 
 func (c *committer) begin() {
 	c.beginUnit()
+	c.s.unflushed.prune() // before this batch's sstable-only iterator
 	c.start = time.Now()
 	c.now = c.s.nowMs()
 	if c.pb == nil {
@@ -222,7 +241,7 @@ func (c *committer) send(m *Send) {
 		m.Dup, m.Msg, m.Recipients = true, orig.Msg, orig.Recipients
 		return
 	}
-	found, err := c.lookupCMID(m, ck)
+	found, err := c.lookupCMID(m)
 	if err != nil {
 		s.log.Error("storage: cmid lookup", "err", err, "from", m.From, "cmid", m.CMID)
 		m.Err = errInternal
@@ -274,58 +293,84 @@ func (c *committer) send(m *Send) {
 
 // lookupCMID fills m as a duplicate when (From, CMID) is stored.
 //
-// The recent-cmid cache answers retries of recent sends; everything else
-// is looked up in the cmid index through one iterator per batch with
-// SeekPrefixGE and UseL6Filters rather than DB.Get: nearly every lookup
-// misses, the Bloom filters of the sstables answer a miss without reading
-// a data block, and Get skips the filters of the bottom level (L6, where
-// most cmids end up). The iterator is created with the batch and sees
-// everything committed before it; earlier sends of the same batch are in
-// c.cmids.
-func (c *committer) lookupCMID(m *Send, ck cmidKey) (bool, error) {
+// The recent-cmid cache answers retries of recent sends. Everything else
+// is looked up in the cmid index: in the sstables only (unflushed.go) when
+// the cmid is not one the committer wrote since the last flush, which the
+// Bloom filters answer without reading data blocks; else in the whole DB.
+// Both lookups use one iterator per batch with SeekPrefixGE and
+// UseL6Filters rather than DB.Get: nearly every lookup misses, and Get
+// skips the filters of the bottom level (L6, where most cmids end up). The
+// iterators are created with the batch and see everything committed
+// before it; earlier sends of the same batch are in c.cmids.
+func (c *committer) lookupCMID(m *Send) (bool, error) {
 	s := c.s
-	conv, seq, ok := s.recent.get(ck)
-	if !ok {
-		s.st.cmidLookups.Add(1)
-		if c.cit == nil {
-			it, err := s.db.NewIter(&pebble.IterOptions{
-				LowerBound:   []byte{pfxCMID},
-				UpperBound:   []byte{pfxCMID + 1},
-				UseL6Filters: true,
-			})
-			if err != nil {
-				return false, err
-			}
-			c.cit = it
+	fp := s.unflushed.fp(m.From, m.CMID)
+	if conv, seq, ok := s.recent.get(fp); ok {
+		found, err := c.dupOf(m, conv, seq)
+		if found || err != nil {
+			s.recent.hits.Add(1)
+			return found, err
 		}
-		c.key = keyCMID(c.key[:0], m.From, m.CMID)
-		if !c.cit.SeekPrefixGE(c.key) || !bytes.Equal(c.cit.Key(), c.key) {
-			return false, c.cit.Error()
-		}
-		v, err := c.cit.ValueAndErr()
+		// A fingerprint collision: look it up.
+	}
+	s.st.cmidLookups.Add(1)
+	it := &c.cit
+	if !s.unflushed.has(fp) {
+		it = &c.dit
+	}
+	if *it == nil {
+		var err error
+		*it, err = s.db.NewIter(&pebble.IterOptions{
+			LowerBound:                []byte{pfxCMID},
+			UpperBound:                []byte{pfxCMID + 1},
+			UseL6Filters:              true,
+			OnlyReadGuaranteedDurable: it == &c.dit,
+		})
 		if err != nil {
-			return false, err
-		}
-		if conv, seq, err = decodeCMIDValue(v); err != nil {
+			*it = nil
 			return false, err
 		}
 	}
-	c.key = keyMsg(c.key[:0], conv, seq)
-	m.Msg.Conv, m.Msg.Seq = conv.String(), seq
-	found, err := getValue(s.db, c.key, func(v []byte) error { return decodeMsg(v, &m.Msg) })
-	if err == nil && !found {
-		err = fmt.Errorf("%w: message %s/%d of cmid %q missing", errCorrupt, conv, seq, m.CMID)
+	c.key = keyCMID(c.key[:0], m.From, m.CMID)
+	if !(*it).SeekPrefixGE(c.key) || !bytes.Equal((*it).Key(), c.key) {
+		return false, (*it).Error()
 	}
+	v, err := (*it).ValueAndErr()
 	if err != nil {
-		m.Msg = Message{}
 		return false, err
 	}
+	conv, seq, err := decodeCMIDValue(v)
+	if err != nil {
+		return false, err
+	}
+	found, err := c.dupOf(m, conv, seq)
+	if err == nil && !found {
+		err = fmt.Errorf("%w: message %s/%d of cmid %q does not carry it", errCorrupt, conv, seq, m.CMID)
+	}
+	return found, err
+}
+
+// dupOf fills m as a duplicate of message seq of conv if that message is
+// m's (same from and cmid).
+func (c *committer) dupOf(m *Send, conv convKey, seq uint64) (bool, error) {
+	s := c.s
+	c.key = keyMsg(c.key[:0], conv, seq)
+	orig := Message{Conv: conv.String(), Seq: seq}
+	found, err := getValue(s.db, c.key, func(v []byte) error { return decodeMsg(v, &orig) })
+	if err == nil && !found {
+		err = fmt.Errorf("%w: message %s/%d missing", errCorrupt, conv, seq)
+	}
+	if err != nil || orig.From != m.From || orig.CMID != m.CMID {
+		return false, err
+	}
+	m.Msg = orig
 	if conv.group() {
 		rec, err := c.groupRec(conv.a)
-		if err != nil {
-			return false, err
+		if err == nil {
+			m.Recipients, err = c.recipients(rec)
 		}
-		if m.Recipients, err = c.recipients(rec); err != nil {
+		if err != nil {
+			m.Msg, m.Recipients = Message{}, nil
 			return false, err
 		}
 	} else {
@@ -430,6 +475,9 @@ func (c *committer) memberList(g *groupRec, load bool) (*memberList, error) {
 	}
 	k := membersKey(g.id)
 	if e := c.s.cache.pinned(k, c.gen); e != nil {
+		if e.v == nil {
+			return nil, nil // a placeholder: changed by this barrier
+		}
 		return e.v.(*memberList), nil
 	}
 	if !load {
@@ -494,7 +542,13 @@ func (c *committer) touchConv(h *head) *convEffect {
 	if h.gen != c.gen {
 		h.gen = c.gen
 		h.idx = len(c.convs)
-		c.convs = append(c.convs, convEffect{h: h, fresh: !h.key.group() && h.lastSeq == 0})
+		fresh := !h.key.group() && h.lastSeq == 0
+		c.convs = append(c.convs, convEffect{h: h, fresh: fresh})
+		if fresh {
+			// Its first message: both users' conversation sets change.
+			c.changes(convSetKey(h.key.a))
+			c.changes(convSetKey(h.key.b))
+		}
 	}
 	return &c.convs[h.idx]
 }
@@ -644,6 +698,10 @@ func (c *committer) commit() {
 	if !empty {
 		syncDur, err = s.commitPebble(c.pb)
 	}
+	var lastSeq uint64
+	if err == nil && !empty {
+		lastSeq = uint64(c.pb.SeqNum()) + uint64(c.pb.Count()) - 1
+	}
 	if err != nil {
 		s.st.commitErrors.Add(1)
 		s.log.Error("storage: commit failed; answering the batch with internal", "err", err, "ops", c.n)
@@ -666,15 +724,17 @@ func (c *committer) commit() {
 			}
 		}
 	} else if !empty {
+		s.newSnap(c.gen) // before publishing (INVARIANT 5) and before anyone hears of the batch
 		s.publish(c.gen, c.convs, c.marks)
-		s.newSnap(c.gen) // before anyone hears of the batch
 		for _, m := range c.sends {
 			if m.Err == nil && !m.Dup {
+				fp := s.unflushed.fp(m.From, m.CMID)
+				s.unflushed.add(fp, lastSeq) // INVARIANT 5
 				conv := convKey{m.Group, 0}
 				if m.Group == 0 {
 					conv = directKey(m.From, m.To)
 				}
-				s.recent.add(cmidKey{m.From, m.CMID}, conv, m.Msg.Seq)
+				s.recent.add(fp, conv, m.Msg.Seq)
 			}
 		}
 	}
@@ -718,9 +778,11 @@ func (c *committer) reset() {
 	clear(c.cmids)
 	clear(c.bigRecips)
 	c.n = 0
-	if c.cit != nil {
-		_ = c.cit.Close()
-		c.cit = nil
+	for _, it := range []**pebble.Iterator{&c.cit, &c.dit} {
+		if *it != nil {
+			_ = (*it).Close()
+			*it = nil
+		}
 	}
 	c.ents = c.ents[:0]
 	if cap(c.buf) > 4<<20 {
@@ -774,6 +836,9 @@ func (s *Store) publishConvSet(gen, uid uint64, k convKey, add bool) {
 	defer sh.mu.Unlock()
 	if ent == nil {
 		return
+	}
+	if ent.v == nil {
+		return // a placeholder: endUnit drops it
 	}
 	cs := ent.v.(*convSet)
 	if len(cs.convs) >= copyLimit {

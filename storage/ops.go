@@ -112,11 +112,13 @@ func (s *Store) barrier(r *request) {
 			return
 		}
 	}
+	if !empty {
+		s.newSnap(c.gen) // before publishing (cache.go INVARIANT 5)
+	}
 	if apply != nil {
 		apply(c.gen)
 	}
 	if !empty {
-		s.newSnap(c.gen)
 		s.pubNextUID.Store(s.nextUID)
 		s.pubNextGID.Store(s.nextGID)
 	}
@@ -241,7 +243,7 @@ func (s *Store) publishMembership(gen, gid, uid uint64, member bool, mark uint64
 	}
 	sh.mu.Unlock()
 	sh, e = ch.publishLock(membersKey(gid), gen)
-	if e != nil {
+	if e != nil && e.v != nil {
 		l := e.v.(*memberList)
 		if len(l.uids) >= copyLimit {
 			ch.removeLocked(sh, e)
@@ -275,6 +277,9 @@ func (s *Store) createGroupOp(b *pebble.Batch, r *request) func(uint64) {
 		}
 	}
 	g, all := s.newGroupOp(b, s.nextGID, r.name, r.uid, r.members, s.nowMs())
+	for _, uid := range all {
+		s.c.changes(convSetKey(uid))
+	}
 	r.info = groupInfo(g, all)
 	return func(gen uint64) {
 		s.nextGID++
@@ -308,6 +313,8 @@ func (s *Store) join(b *pebble.Batch, g *groupRec, uid uint64) (*groupRec, func(
 		return nil, nil, err
 	}
 	last := h.seq // == lastSeq: no batch is in preparation during a barrier
+	s.c.changes(convSetKey(uid))
+	s.c.changes(membersKey(g.id))
 	_ = b.Set(keyMember(nil, g.id, uid), nil, nil)
 	_ = b.Set(keyUGroup(nil, uid, g.id), nil, nil)
 	if last > 0 {
@@ -378,6 +385,8 @@ func (s *Store) leaveGroupOp(b *pebble.Batch, r *request) func(uint64) {
 		r.err = &Error{Code: NotMember, Msg: "not a member of the group"}
 		return nil
 	}
+	s.c.changes(convSetKey(r.uid))
+	s.c.changes(membersKey(g.id))
 	_ = b.Delete(keyMember(nil, g.id, r.uid), nil)
 	_ = b.Delete(keyUGroup(nil, r.uid, g.id), nil)
 	_ = b.Delete(keyUserConv(nil, pfxRead, r.uid, convKey{g.id, 0}), nil)
@@ -471,6 +480,9 @@ func (s *Store) demoOp(b *pebble.Batch, r *request) func(uint64) {
 	}
 	gid := s.nextGID
 	g, all := s.newGroupOp(b, gid, demoGroup, uids[0], uids, s.nowMs())
+	for _, uid := range all {
+		s.c.changes(convSetKey(uid))
+	}
 	_ = b.Set([]byte{pfxDemo}, appendU64(nil, gid), nil)
 	return func(gen uint64) {
 		s.nextUID = next
