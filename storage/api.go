@@ -80,8 +80,7 @@ type Options struct {
 	// CacheSize bounds the metadata cache in bytes (docs/STORAGE.md, "The
 	// cache"): conversation heads with their last message, group records
 	// and member lists, memberships and read marks, users' conversation
-	// sets, users and names, and the recent-cmid cache (1/16 of it). The
-	// default is 64 MiB (DefaultCacheSize).
+	// sets, users and names. The default is 64 MiB (DefaultCacheSize).
 	CacheSize int64
 
 	// Test hooks.
@@ -126,7 +125,6 @@ type Store struct {
 	closeErr  error
 
 	c         committer       // the batch in preparation; committer only
-	recent    *recentCMIDs    // recently stored cmids; committer only
 	unflushed *unflushedCMIDs // committed cmids not yet in sstables; committer only
 	broken    atomic.Bool     // a commit hit a Pebble fatal error
 	st        counters
@@ -164,11 +162,9 @@ type Stats struct {
 	CacheMisses    uint64 // lookups that went to Pebble
 	CacheEvictions uint64 // entries evicted to stay within the budget
 	CacheRefusals  uint64 // values a reader loaded that a concurrent write made stale (not cached)
-	// The recent-cmid cache and the cmid index.
-	RecentCMIDs    int64  // entries held
-	RecentCMIDHits uint64 // retries answered from it
+	// The cmid index (unflushed.go).
 	CMIDLookups    uint64 // lookups in the cmid index (Pebble)
-	UnflushedCMIDs int64  // committed cmids not yet flushed to sstables (unflushed.go)
+	UnflushedCMIDs int64  // committed cmids not yet flushed to sstables: the recent-cmid set
 }
 
 // Stats returns the current counters. Safe for concurrent use; cheap.
@@ -192,8 +188,6 @@ func (s *Store) Stats() Stats {
 		CacheMisses:    cs.misses,
 		CacheEvictions: cs.evictions,
 		CacheRefusals:  cs.refusals,
-		RecentCMIDs:    s.recent.n.Load(),
-		RecentCMIDHits: s.recent.hits.Load(),
 		CMIDLookups:    s.st.cmidLookups.Load(),
 		UnflushedCMIDs: s.unflushed.n.Load(),
 	}

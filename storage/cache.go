@@ -80,13 +80,12 @@ const (
 	kMember                   // membership and read mark; a = gid, b = uid; v *markEnt
 	kConvSet                  // a user's conversations; a = uid; v *convSet
 	kUser                     // user record; a = uid; v *User
-	kName                     // lower-case name; s; n = uid
+	kName                     // lower-case name; a = its 64-bit hash; v the name (string); n = uid
 )
 
 type ckey struct {
 	kind ckind
 	a, b uint64
-	s    string
 }
 
 func headKey(ck convKey) ckey           { return ckey{kind: kHead, a: ck.a, b: ck.b} }
@@ -95,7 +94,7 @@ func membersKey(gid uint64) ckey        { return ckey{kind: kMembers, a: gid} }
 func memberKey(gid, uid uint64) ckey    { return ckey{kind: kMember, a: gid, b: uid} }
 func convSetKey(uid uint64) ckey        { return ckey{kind: kConvSet, a: uid} }
 func userKey(uid uint64) ckey           { return ckey{kind: kUser, a: uid} }
-func nameKey(lname string) ckey         { return ckey{kind: kName, s: lname} }
+func nameKey(h uint64) ckey             { return ckey{kind: kName, a: h} }
 func (c *cache) hash(k ckey) uint64     { return maphash.Comparable(c.seed, k) }
 func (c *cache) shard(h uint64) *cshard { return &c.shards[h>>60%cacheShards] }
 func touchedSlot(h uint64) int          { return int(h & (touchedSlots - 1)) }
@@ -105,6 +104,7 @@ func touchedSlot(h uint64) int          { return int(h & (touchedSlots - 1)) }
 type entry struct {
 	key        ckey
 	prev, next *entry // LRU list; root.next is the most recent
+	ref        bool   // used since it was last moved to the front (second chance)
 	size       int64
 	pin        uint64 // generation of the unit of work that pinned it
 	n          uint64 // kName: the uid
@@ -123,7 +123,8 @@ type cshard struct {
 
 // cache is the sharded LRU. Its zero value is not usable: see newCache.
 type cache struct {
-	seed   maphash.Seed
+	seed   maphash.Seed // names
+	salt   uint64
 	shards [cacheShards]cshard
 	// pinGen is the generation of the committer's unit of work in
 	// preparation (0 between units): entries with pin == pinGen are
@@ -144,6 +145,7 @@ type cache struct {
 
 func newCache(budget int64) *cache {
 	c := &cache{seed: maphash.MakeSeed()}
+	c.salt = maphash.Comparable(c.seed, 0)
 	per := max(budget/cacheShards, 1)
 	for i := range c.shards {
 		s := &c.shards[i]
@@ -181,7 +183,7 @@ func (c *cache) lookupLocked(s *cshard, k ckey) *entry {
 		return nil
 	}
 	c.hits.Add(1)
-	s.touch(e)
+	e.ref = true
 	return e
 }
 
@@ -218,21 +220,25 @@ func (c *cache) removeLocked(s *cshard, e *entry) {
 	c.entries.Add(-1)
 }
 
-// trimLocked evicts least recently used unpinned entries until the shard
+// trimLocked evicts the least recently used unpinned entries (LRU with a
+// second chance: a hit only marks an entry, eviction moves marked ones to
+// the front instead of evicting them) until the shard
 // is within its budget. When only pinned entries are left it stops and
 // sets over, so that trimAll finishes the job once they are unpinned.
 // REQUIRES: s.mu held.
 func (c *cache) trimLocked(s *cshard) {
 	pg := c.pinGen.Load()
-	skipped := 0
+	skipped, limit := 0, 2*len(s.m) // every entry twice: once to clear its mark
 	for s.bytes > s.budget {
 		e := s.root.prev
-		if e == &s.root || skipped >= len(s.m) {
+		if e == &s.root || skipped >= limit {
 			c.over.Store(true)
 			return
 		}
-		if pg != 0 && e.pin == pg {
-			// Pinned (INVARIANT 1): keep it, look further.
+		if pg != 0 && e.pin == pg || e.ref {
+			// Pinned (INVARIANT 1), or used since it was last moved
+			// (second chance): keep it, look further.
+			e.ref = false
 			s.unlink(e)
 			s.pushFront(e)
 			skipped++

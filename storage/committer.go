@@ -293,10 +293,10 @@ func (c *committer) send(m *Send) {
 
 // lookupCMID fills m as a duplicate when (From, CMID) is stored.
 //
-// The recent-cmid cache answers retries of recent sends. Everything else
-// is looked up in the cmid index: in the sstables only (unflushed.go) when
-// the cmid is not one the committer wrote since the last flush, which the
-// Bloom filters answer without reading data blocks; else in the whole DB.
+// A cmid the committer wrote since the last flush (the unflushed set,
+// unflushed.go) is looked up in the whole DB; every other one in the
+// sstables only, which their Bloom filters answer without reading data
+// blocks for a new cmid.
 // Both lookups use one iterator per batch with SeekPrefixGE and
 // UseL6Filters rather than DB.Get: nearly every lookup misses, and Get
 // skips the filters of the bottom level (L6, where most cmids end up). The
@@ -304,20 +304,11 @@ func (c *committer) send(m *Send) {
 // before it; earlier sends of the same batch are in c.cmids.
 func (c *committer) lookupCMID(m *Send) (bool, error) {
 	s := c.s
-	fp := s.unflushed.fp(m.From, m.CMID)
-	if conv, seq, ok := s.recent.get(fp); ok {
-		found, err := c.dupOf(m, conv, seq)
-		if found || err != nil {
-			s.recent.hits.Add(1)
-			return found, err
-		}
-		// A fingerprint collision: look it up.
+	it := &c.dit
+	if s.unflushed.has(s.unflushed.fp(m.From, m.CMID)) {
+		it = &c.cit
 	}
 	s.st.cmidLookups.Add(1)
-	it := &c.cit
-	if !s.unflushed.has(fp) {
-		it = &c.dit
-	}
 	if *it == nil {
 		var err error
 		*it, err = s.db.NewIter(&pebble.IterOptions{
@@ -728,13 +719,8 @@ func (c *committer) commit() {
 		s.publish(c.gen, c.convs, c.marks)
 		for _, m := range c.sends {
 			if m.Err == nil && !m.Dup {
-				fp := s.unflushed.fp(m.From, m.CMID)
-				s.unflushed.add(fp, lastSeq) // INVARIANT 5
-				conv := convKey{m.Group, 0}
-				if m.Group == 0 {
-					conv = directKey(m.From, m.To)
-				}
-				s.recent.add(fp, conv, m.Msg.Seq)
+				s.unflushed.add(s.unflushed.fp(m.From, m.CMID), lastSeq) // unflushed.go INVARIANT
+
 			}
 		}
 	}

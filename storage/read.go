@@ -3,6 +3,7 @@ package storage
 import (
 	"container/heap"
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strings"
 
@@ -775,9 +776,9 @@ func (h *uidHeap) Pop() any {
 
 func (s *Store) userByName(name string) (User, bool) {
 	l := strings.ToLower(name)
-	k := nameKey(l)
-	_, uid, ok := s.cache.get(k)
-	if !ok {
+	k := nameKey(maphash.String(s.cache.seed, l))
+	v, uid, ok := s.cache.get(k)
+	if !ok || v.(string) != l {
 		var err error
 		if uid, err = loadName(s.db, l); err != nil {
 			s.log.Error("storage: user by name", "err", err)
@@ -786,7 +787,9 @@ func (s *Store) userByName(name string) (User, bool) {
 		if uid == 0 || uid >= s.pubNextUID.Load() {
 			return User{}, false // none, or not durable yet
 		}
-		s.cache.offer(k, nil, uid, int64(len(l)), immutable)
+		if !ok {
+			s.cache.offer(k, l, uid, int64(16+len(l)), immutable)
+		}
 	}
 	return s.userByID(uid)
 }
