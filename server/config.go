@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/magpie-im/magpie/storage"
 )
 
 // Config holds every tunable of `magpie serve`. Each field names its flag
@@ -37,6 +39,7 @@ type Config struct {
 	QueueSize     int           // --queue; committer queue bound, default 65536
 	Workers       int           // --workers; pool for blocking requests, default 4 × GOMAXPROCS
 	WorkQueue     int           // --work-queue; bound of that pool's queue, default 16384
+	CacheSize     int64         // --cache-size; the store's metadata cache in bytes, default storage.DefaultCacheSize (64 MiB)
 	LogLevel      string        // --log-level; default "info"
 	Pprof         bool          // --pprof; default false: serve net/http/pprof under /debug/pprof/ on --http
 }
@@ -63,6 +66,7 @@ func DefaultConfig() Config {
 		QueueSize:     65536,
 		Workers:       4 * runtime.GOMAXPROCS(0),
 		WorkQueue:     16384,
+		CacheSize:     storage.DefaultCacheSize,
 		LogLevel:      "info",
 	}
 }
@@ -97,6 +101,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.QueueSize, "queue", c.QueueSize, "committer queue bound; a full queue answers rate_limited")
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines serving blocking requests (history, convs, groups, read)")
 	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
+	fs.Int64Var(&c.CacheSize, "cache-size", c.CacheSize, "bytes of conversation heads, memberships, users… the store keeps in memory (docs/STORAGE.md)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http (for profiling; keep off in production)")
 	// Errors are returned (the caller prints them once, naming the flag);
@@ -181,6 +186,9 @@ func (c *Config) Validate() error {
 	atLeast("queue", c.QueueSize, 1)
 	atLeast("workers", c.Workers, 1)
 	atLeast("work-queue", c.WorkQueue, 1)
+	if c.CacheSize < 1 {
+		bad("cache-size", fmt.Sprintf("must be at least 1, got %d", c.CacheSize))
+	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":
 	default:

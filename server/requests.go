@@ -61,7 +61,7 @@ func (c *conn) text(p []byte) {
 	case tRead:
 		c.read(r, rid)
 	case tConvs:
-		c.convs(rid)
+		c.convs(r, rid)
 	case tHistory:
 		c.history(r, rid)
 	case tGroupCreate, tGroupJoin, tGroupLeave, tGroupMembers:
@@ -168,16 +168,23 @@ func (c *conn) read(r *request, rid []byte) {
 	})
 }
 
-func (c *conn) convs(rid []byte) {
+// convs answers a convs request; limit, before and conv page it
+// (docs/PROTOCOL.md, "convs paging").
+func (c *conn) convs(r *request, rid []byte) {
+	q, paged, msg := convsQuery(r)
+	if msg != "" {
+		c.errorReply(rid, "", storage.BadRequest, msg)
+		return
+	}
 	uid, ridS := c.uid, string(rid)
 	s := c.lp.srv
 	s.offload(c, ridS, func() {
-		items, total, err := s.store.Convs(uid)
+		p, err := s.store.ConvsPaged(uid, q)
 		if err != nil {
 			s.replyErr(c, ridS, err)
 			return
 		}
-		s.replyTo(c, textFrame(appendConvs(nil, []byte(ridS), items, total)))
+		s.replyTo(c, textFrame(appendConvsPage(nil, []byte(ridS), &p, paged)))
 	})
 }
 
