@@ -81,6 +81,7 @@ const (
 	kConvSet                  // a user's conversations; a = uid; v *convSet
 	kUser                     // user record; a = uid; v *User
 	kName                     // lower-case name; a = its 64-bit hash; v the name (string); n = uid
+	kCMIDs                    // a sender's cmid fingerprints (committer only); a = uid; v *senderFPs
 )
 
 type ckey struct {
@@ -315,6 +316,18 @@ func (c *cache) placeholder(k ckey, gen uint64) bool {
 	c.addLocked(s, k, nil, 0, 0, gen)
 	c.inserts.Add(^uint64(0)) // not a value
 	return true
+}
+
+// resize sets the size of k's entry, if cached, to size (committer: its
+// own values grew).
+func (c *cache) resize(k ckey, size int64) {
+	h := c.hash(k)
+	s := c.shard(h)
+	s.mu.Lock()
+	if e := s.m[k]; e != nil {
+		c.resizeLocked(s, e, size)
+	}
+	s.mu.Unlock()
 }
 
 // dropPlaceholder removes k's entry if it is still a placeholder.

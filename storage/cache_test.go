@@ -2,6 +2,7 @@ package storage
 
 import (
 	"fmt"
+	"hash/maphash"
 	"slices"
 	"strconv"
 	"sync"
@@ -144,6 +145,23 @@ func auditEntry(s *Store, k ckey, e *entry) error {
 		uid, err := loadName(db, e.v.(string))
 		if err != nil || uid != e.n {
 			return fmt.Errorf("cached %d, stored %d %v", e.n, uid, err)
+		}
+	case kCMIDs:
+		// INVARIANT 6: every stored cmid of the sender is in its set.
+		f := e.v.(*senderFPs)
+		n := 0
+		err := s.scan(appendU64([]byte{pfxCMID}, k.a), func(key, _ []byte) error {
+			n++
+			if !f.has(s.unflushed.fp32(maphash.Bytes(s.unflushed.seed, key[9:]))) {
+				return fmt.Errorf("cmid %q of %d missing from its set", key[9:], k.a)
+			}
+			return nil
+		})
+		if err != nil {
+			return err
+		}
+		if !f.heavy && f.n > n {
+			return fmt.Errorf("set holds %d fingerprints, %d cmids stored", f.n, n)
 		}
 	default:
 		return fmt.Errorf("unknown kind")
@@ -378,19 +396,29 @@ func TestReadersSeeOnlyDurable(t *testing.T) {
 // TestDedupAcrossFlushes: cmids stay idempotent whether their index entry
 // is in a memtable (the unflushed set answers) or flushed (the
 // sstable-only lookup finds it), across flushes at any point (unflushed.go
-// INVARIANT), also when fingerprints collide all the time (2 bits: nearly
-// every new cmid is "maybe unflushed" and takes the lookup in the whole
-// DB).
+// INVARIANT), with the senders' fingerprint sets (senders.go INVARIANT 6)
+// also when fingerprints collide all the time (2 bits: nearly every new
+// cmid is "maybe stored" and takes the Pebble lookup, "maybe unflushed"
+// and takes the lookup in the whole DB) and when the sender has more
+// cmids than a set holds.
 func TestDedupAcrossFlushes(t *testing.T) {
-	for _, bits := range []int{64, 2} {
-		t.Run(fmt.Sprintf("fingerprint=%d", bits), func(t *testing.T) { testDedupAcrossFlushes(t, bits) })
+	for _, mode := range []string{"exact", "collide64", "collide32", "heavy"} {
+		t.Run(mode, func(t *testing.T) { testDedupAcrossFlushes(t, mode) })
 	}
 }
 
-func testDedupAcrossFlushes(t *testing.T, bits int) {
+func testDedupAcrossFlushes(t *testing.T, mode string) {
+	if mode == "heavy" {
+		defer func(n int) { maxSenderCMIDs = n }(maxSenderCMIDs)
+		maxSenderCMIDs = 20
+	}
 	s := openT(t, t.TempDir(), Options{CacheSize: 1})
-	if bits < 64 {
-		s.unflushed.mask = 1<<bits - 1 // before the first send; the committer reads it
+	// Before the first send; the committer reads them afterwards.
+	switch mode {
+	case "collide64":
+		s.unflushed.mask = 3
+	case "collide32":
+		s.unflushed.mask32 = 3
 	}
 	a, b := s.user("a"), s.user("b")
 	var orig []Message
@@ -403,7 +431,7 @@ func testDedupAcrossFlushes(t *testing.T, bits int) {
 			}
 		}
 	}
-	if st := s.Stats(); bits == 64 && (st.UnflushedCMIDs == 0 || st.UnflushedCMIDs >= n) {
+	if st := s.Stats(); mode == "exact" && (st.UnflushedCMIDs == 0 || st.UnflushedCMIDs >= n) {
 		t.Fatalf("unflushed cmids %d of %d after some flushes", st.UnflushedCMIDs, n)
 	}
 	check := func() {

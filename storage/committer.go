@@ -95,6 +95,9 @@ type committer struct {
 	// bigRecips holds, for this batch, the member lists of groups too large
 	// for the cache (read from Pebble once per batch, not kept).
 	bigRecips map[uint64][]uint64
+	// senders holds the cmid fingerprints of this batch's senders (pinned
+	// cache values, senders.go).
+	senders map[uint64]*senderFPs
 	// placeholders are the cache keys this unit added placeholder entries
 	// for (cache.go INVARIANT 1); endUnit drops what publishing left.
 	placeholders []ckey
@@ -113,6 +116,7 @@ func (c *committer) init(s *Store) {
 	c.s = s
 	c.cmids = make(map[cmidKey]*Send)
 	c.bigRecips = make(map[uint64][]uint64)
+	c.senders = make(map[uint64]*senderFPs)
 }
 
 // beginUnit starts a unit of work: a new generation, whose cache entries
@@ -293,10 +297,12 @@ func (c *committer) send(m *Send) {
 
 // lookupCMID fills m as a duplicate when (From, CMID) is stored.
 //
-// A cmid the committer wrote since the last flush (the unflushed set,
-// unflushed.go) is looked up in the whole DB; every other one in the
-// sstables only, which their Bloom filters answer without reading data
-// blocks for a new cmid.
+// The sender's cmid fingerprints (senders.go) prove most cmids new
+// without a Pebble read. The rest (retries, fingerprint collisions,
+// senders with too many cmids to hold): a cmid the committer wrote since
+// the last flush (the unflushed set, unflushed.go) is looked up in the
+// whole DB; every other one in the sstables only, which their Bloom
+// filters answer without reading data blocks for a new cmid.
 // Both lookups use one iterator per batch with SeekPrefixGE and
 // UseL6Filters rather than DB.Get: nearly every lookup misses, and Get
 // skips the filters of the bottom level (L6, where most cmids end up). The
@@ -304,8 +310,20 @@ func (c *committer) send(m *Send) {
 // before it; earlier sends of the same batch are in c.cmids.
 func (c *committer) lookupCMID(m *Send) (bool, error) {
 	s := c.s
+	h := s.unflushed.cmidHash(m.CMID)
+	fs := c.senders[m.From]
+	if fs == nil {
+		var err error
+		if fs, err = c.senderSet(m.From); err != nil {
+			return false, err
+		}
+		c.senders[m.From] = fs
+	}
+	if !fs.has(s.unflushed.fp32(h)) {
+		return false, nil // proven new (senders.go INVARIANT 6)
+	}
 	it := &c.dit
-	if s.unflushed.has(s.unflushed.fp(m.From, m.CMID)) {
+	if s.unflushed.has(s.unflushed.fp(m.From, h)) {
 		it = &c.cit
 	}
 	s.st.cmidLookups.Add(1)
@@ -719,9 +737,15 @@ func (c *committer) commit() {
 		s.publish(c.gen, c.convs, c.marks)
 		for _, m := range c.sends {
 			if m.Err == nil && !m.Dup {
-				s.unflushed.add(s.unflushed.fp(m.From, m.CMID), lastSeq) // unflushed.go INVARIANT
-
+				h := s.unflushed.cmidHash(m.CMID)
+				s.unflushed.add(s.unflushed.fp(m.From, h), lastSeq) // unflushed.go INVARIANT
+				if fs := c.senders[m.From]; fs != nil {
+					fs.add(s.unflushed.fp32(h)) // senders.go INVARIANT 6
+				}
 			}
+		}
+		for uid, fs := range c.senders {
+			s.cache.resize(ckey{kind: kCMIDs, a: uid}, fs.size()) // the sets grew
 		}
 	}
 	c.endUnit()
@@ -763,6 +787,7 @@ func (c *committer) reset() {
 	c.marks = c.marks[:0]
 	clear(c.cmids)
 	clear(c.bigRecips)
+	clear(c.senders)
 	c.n = 0
 	for _, it := range []**pebble.Iterator{&c.cit, &c.dit} {
 		if *it != nil {

@@ -56,20 +56,25 @@ type unflushedCMIDs struct {
 	head       int
 	flushedSeq atomic.Uint64
 	n          atomic.Int64
-	// mask keeps only some fingerprint bits; tests narrow it to force
-	// collisions. Normally all ones.
-	mask uint64
+	// mask and mask32 keep only some fingerprint bits (of fp and fp32);
+	// tests narrow them to force collisions. Normally all ones.
+	mask   uint64
+	mask32 uint32
 }
 
 type fpSeq struct{ fp, seq uint64 }
 
 func newUnflushedCMIDs() *unflushedCMIDs {
-	return &unflushedCMIDs{seed: maphash.MakeSeed(), set: make([]uint64, 1<<12), mask: ^uint64(0)}
+	return &unflushedCMIDs{seed: maphash.MakeSeed(), set: make([]uint64, 1<<12), mask: ^uint64(0), mask32: ^uint32(0)}
 }
 
-// fp is the fingerprint of (from, cmid); never 0.
-func (u *unflushedCMIDs) fp(from uint64, cmid string) uint64 {
-	f := (maphash.String(u.seed, cmid) ^ (from * 0x9e3779b97f4a7c15)) & u.mask
+// cmidHash hashes a cmid; fp and fp32 (senders.go) derive fingerprints
+// from it.
+func (u *unflushedCMIDs) cmidHash(cmid string) uint64 { return maphash.String(u.seed, cmid) }
+
+// fp is the fingerprint of (from, a cmid of hash h); never 0.
+func (u *unflushedCMIDs) fp(from, h uint64) uint64 {
+	f := (h ^ (from * 0x9e3779b97f4a7c15)) & u.mask
 	if f == 0 {
 		f = 1
 	}
