@@ -55,10 +55,12 @@ func (r reader) head(ck convKey, insert bool) (headView, error) {
 	if err != nil {
 		return hv, err
 	}
+	// Copy before offering: once cached, h belongs to the committer.
+	hv = headView{h.lastSeq, h.lastTS, h.pubReads, h.last}
 	if insert {
 		r.s.cache.offer(k, h, 0, h.size(), r.sn.gen)
 	}
-	return headView{h.lastSeq, h.lastTS, h.pubReads, h.last}, nil
+	return hv, nil
 }
 
 // group returns group gid's record, or nil when it does not exist.
@@ -108,8 +110,9 @@ func (r reader) mark(g *groupRec, uid uint64) (member bool, mark uint64, err err
 	if err != nil {
 		return false, 0, err
 	}
+	member, mark = m.member, m.pub // before offering: once cached, m belongs to the committer
 	r.s.cache.offer(k, m, 0, markSize, r.sn.gen)
-	return m.member, m.pub, nil
+	return member, mark, nil
 }
 
 // isMember reports whether uid is a member of group g.
