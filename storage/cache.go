@@ -82,6 +82,7 @@ const (
 	kUser                     // user record; a = uid; v *User
 	kName                     // lower-case name; a = its 64-bit hash; v the name (string); n = uid
 	kCMIDs                    // a sender's cmid fingerprints (committer only); a = uid; v *senderFPs
+	kindCount
 )
 
 type ckey struct {
@@ -104,6 +105,7 @@ func touchedSlot(h uint64) int          { return int(h & (touchedSlots - 1)) }
 // Every field but v's committer-only fields is guarded by its shard's mu.
 type entry struct {
 	key        ckey
+	h          uint64 // hash of key
 	prev, next *entry // LRU list; root.next is the most recent
 	ref        bool   // used since it was last moved to the front (second chance)
 	size       int64
@@ -113,14 +115,26 @@ type entry struct {
 }
 
 type cshard struct {
-	mu      sync.Mutex
-	m       map[ckey]*entry
+	mu sync.Mutex
+	// m holds the entries by kind (index ckind), keyed by (a, b): a key
+	// without padding hashes fast.
+	m       [kindCount]map[pair]*entry
+	n       int // entries
 	root    entry
 	bytes   int64
 	budget  int64
-	touched [touchedSlots]uint64
-	_       [64]byte
+	touched *[touchedSlots]uint64
+	// Counters, under mu (summed by stats).
+	hits, misses uint64
+	_            [64]byte
 }
+
+// pair is a cache key without its kind.
+type pair struct{ a, b uint64 }
+
+func (s *cshard) get(k ckey) *entry    { return s.m[k.kind][pair{k.a, k.b}] }
+func (s *cshard) put(k ckey, e *entry) { s.m[k.kind][pair{k.a, k.b}] = e }
+func (s *cshard) delete(k ckey)        { delete(s.m[k.kind], pair{k.a, k.b}) }
 
 // cache is the sharded LRU. Its zero value is not usable: see newCache.
 type cache struct {
@@ -150,7 +164,10 @@ func newCache(budget int64) *cache {
 	per := max(budget/cacheShards, 1)
 	for i := range c.shards {
 		s := &c.shards[i]
-		s.m = make(map[ckey]*entry)
+		for i := range s.m {
+			s.m[i] = make(map[pair]*entry)
+		}
+		s.touched = new([touchedSlots]uint64)
 		s.root.next, s.root.prev = &s.root, &s.root
 		s.budget = per
 	}
@@ -178,20 +195,52 @@ func (s *cshard) touch(e *entry) {
 // lookupLocked returns k's entry, marked recently used, or nil. REQUIRES:
 // s.mu held.
 func (c *cache) lookupLocked(s *cshard, k ckey) *entry {
-	e := s.m[k]
+	e := s.get(k)
 	if e == nil {
-		c.misses.Add(1)
+		s.misses++
 		return nil
 	}
-	c.hits.Add(1)
+	s.hits++
 	e.ref = true
 	return e
 }
 
+// newEntry allocates an entry for v. The mutable values the committer
+// looks up all the time (heads, memberships, cmid sets) are copied into
+// the same allocation as their entry: one memory access less per lookup.
+func newEntry(v any) *entry {
+	switch x := v.(type) {
+	case *head:
+		he := &struct {
+			entry
+			head
+		}{head: *x}
+		he.v = &he.head
+		return &he.entry
+	case *markEnt:
+		me := &struct {
+			entry
+			markEnt
+		}{markEnt: *x}
+		me.v = &me.markEnt
+		return &me.entry
+	case *senderFPs:
+		se := &struct {
+			entry
+			senderFPs
+		}{senderFPs: *x}
+		se.v = &se.senderFPs
+		return &se.entry
+	}
+	return &entry{v: v}
+}
+
 // addLocked inserts a new entry. REQUIRES: s.mu held, k absent.
 func (c *cache) addLocked(s *cshard, k ckey, v any, n uint64, size int64, pin uint64) *entry {
-	e := &entry{key: k, v: v, n: n, size: size + entryOverhead, pin: pin}
-	s.m[k] = e
+	e := newEntry(v)
+	e.key, e.h, e.n, e.size, e.pin = k, c.hash(k), n, size+entryOverhead, pin
+	s.put(k, e)
+	s.n++
 	s.pushFront(e)
 	s.bytes += e.size
 	c.bytes.Add(e.size)
@@ -214,7 +263,8 @@ func (c *cache) resizeLocked(s *cshard, e *entry, size int64) {
 
 // removeLocked drops e. REQUIRES: s.mu held.
 func (c *cache) removeLocked(s *cshard, e *entry) {
-	delete(s.m, e.key)
+	s.delete(e.key)
+	s.n--
 	s.unlink(e)
 	s.bytes -= e.size
 	c.bytes.Add(-e.size)
@@ -229,7 +279,7 @@ func (c *cache) removeLocked(s *cshard, e *entry) {
 // REQUIRES: s.mu held.
 func (c *cache) trimLocked(s *cshard) {
 	pg := c.pinGen.Load()
-	skipped, limit := 0, 2*len(s.m) // every entry twice: once to clear its mark
+	skipped, limit := 0, 2*s.n // every entry twice: once to clear its mark
 	for s.bytes > s.budget {
 		e := s.root.prev
 		if e == &s.root || skipped >= limit {
@@ -274,7 +324,7 @@ func (c *cache) offer(k ckey, v any, n uint64, size int64, snapGen uint64) {
 	s := c.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.m[k]; e != nil {
+	if e := s.get(k); e != nil {
 		return
 	}
 	if s.touched[touchedSlot(h)] > snapGen {
@@ -291,11 +341,18 @@ type cstats struct {
 }
 
 func (c *cache) stats() cstats {
-	return cstats{
+	st := cstats{
 		bytes: c.bytes.Load(), budget: c.shards[0].budget * cacheShards, entries: c.entries.Load(),
-		hits: c.hits.Load(), misses: c.misses.Load(), evictions: c.evictions.Load(),
-		inserts: c.inserts.Load(), refusals: c.refusals.Load(),
+		evictions: c.evictions.Load(), inserts: c.inserts.Load(), refusals: c.refusals.Load(),
 	}
+	for i := range c.shards {
+		s := &c.shards[i]
+		s.mu.Lock()
+		st.hits += s.hits
+		st.misses += s.misses
+		s.mu.Unlock()
+	}
+	return st
 }
 
 // The committer's side. The committer reads and writes the committer-only
@@ -309,7 +366,7 @@ func (c *cache) placeholder(k ckey, gen uint64) bool {
 	s := c.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.m[k]; e != nil {
+	if e := s.get(k); e != nil {
 		e.pin = gen
 		return false
 	}
@@ -324,7 +381,7 @@ func (c *cache) resize(k ckey, size int64) {
 	h := c.hash(k)
 	s := c.shard(h)
 	s.mu.Lock()
-	if e := s.m[k]; e != nil {
+	if e := s.get(k); e != nil {
 		c.resizeLocked(s, e, size)
 	}
 	s.mu.Unlock()
@@ -335,7 +392,7 @@ func (c *cache) dropPlaceholder(k ckey) {
 	h := c.hash(k)
 	s := c.shard(h)
 	s.mu.Lock()
-	if e := s.m[k]; e != nil && e.v == nil {
+	if e := s.get(k); e != nil && e.v == nil {
 		c.removeLocked(s, e)
 	}
 	s.mu.Unlock()
@@ -362,7 +419,7 @@ func (c *cache) addPinned(k ckey, v any, n uint64, size int64, gen uint64) *entr
 	s := c.shard(h)
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if e := s.m[k]; e != nil {
+	if e := s.get(k); e != nil {
 		e.pin = gen
 		s.touch(e)
 		return e
@@ -378,7 +435,16 @@ func (c *cache) publishLock(k ckey, gen uint64) (*cshard, *entry) {
 	s := c.shard(h)
 	s.mu.Lock()
 	s.touched[touchedSlot(h)] = gen
-	return s, s.m[k]
+	return s, s.get(k)
+}
+
+// publishEntry is publishLock for an entry the committer holds pinned
+// (so it is still cached): no lookup. The caller unlocks.
+func (c *cache) publishEntry(e *entry, gen uint64) *cshard {
+	s := c.shard(e.h)
+	s.mu.Lock()
+	s.touched[touchedSlot(e.h)] = gen
+	return s
 }
 
 // view calls fn with k's entry under its shard lock if it holds a value,

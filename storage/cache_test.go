@@ -71,11 +71,11 @@ func TestCacheOfferRefusesStale(t *testing.T) {
 	}
 	cur := newHead(convKey{1, 2}, 2, 2, [2]uint64{}, Message{})
 	c.offer(k, cur, 0, 100, 5)
-	if v, _, ok := c.get(k); !ok || v != any(cur) {
+	if v, _, ok := c.get(k); !ok || v.(*head).lastSeq != 2 {
 		t.Fatal("the current value was not cached")
 	}
 	c.offer(k, newHead(convKey{1, 2}, 3, 3, [2]uint64{}, Message{}), 0, 100, 9)
-	if v, _, _ := c.get(k); v != any(cur) {
+	if v, _, _ := c.get(k); v.(*head).lastSeq != 2 {
 		t.Fatal("an offer replaced a cached value")
 	}
 }
@@ -89,10 +89,12 @@ func auditCache(t *testing.T, s *Store) {
 	for i := range s.cache.shards {
 		sh := &s.cache.shards[i]
 		sh.mu.Lock()
-		for k, e := range sh.m {
-			if err := auditEntry(s, k, e); err != nil {
-				sh.mu.Unlock()
-				t.Fatalf("cache entry %+v: %v", k, err)
+		for _, m := range sh.m {
+			for _, e := range m {
+				if err := auditEntry(s, e.key, e); err != nil {
+					sh.mu.Unlock()
+					t.Fatalf("cache entry %+v: %v", e.key, err)
+				}
 			}
 		}
 		sh.mu.Unlock()

@@ -448,14 +448,17 @@ func (s *Store) userExists(uid uint64) bool { return uid != 0 && uid < s.nextUID
 // loading it from the live DB on a miss.
 func (c *committer) head(ck convKey) (*head, error) {
 	k := headKey(ck)
-	if e := c.s.cache.pinned(k, c.gen); e != nil {
-		return e.v.(*head), nil
+	e := c.s.cache.pinned(k, c.gen)
+	if e == nil {
+		h, err := loadHead(c.s.db, ck)
+		if err != nil {
+			return nil, err
+		}
+		e = c.s.cache.addPinned(k, h, 0, h.size(), c.gen)
 	}
-	h, err := loadHead(c.s.db, ck)
-	if err != nil {
-		return nil, err
-	}
-	return c.s.cache.addPinned(k, h, 0, h.size(), c.gen).v.(*head), nil
+	h := e.v.(*head)
+	h.ent = e
+	return h, nil
 }
 
 // groupRec returns the record of group gid (which must be below nextGID).
@@ -527,7 +530,9 @@ func (c *committer) recipients(g *groupRec) ([]uint64, error) {
 func (c *committer) markOf(g *groupRec, uid uint64) (*markEnt, error) {
 	k := memberKey(g.id, uid)
 	if e := c.s.cache.pinned(k, c.gen); e != nil {
-		return e.v.(*markEnt), nil
+		m := e.v.(*markEnt)
+		m.ent = e
+		return m, nil
 	}
 	known := -1
 	l, err := c.memberList(g, false)
@@ -544,7 +549,10 @@ func (c *committer) markOf(g *groupRec, uid uint64) (*markEnt, error) {
 	if err != nil {
 		return nil, err
 	}
-	return c.s.cache.addPinned(k, m, 0, markSize, c.gen).v.(*markEnt), nil
+	e := c.s.cache.addPinned(k, m, 0, markSize, c.gen)
+	m = e.v.(*markEnt)
+	m.ent = e
+	return m, nil
 }
 
 func (c *committer) touchConv(h *head) *convEffect {
@@ -745,7 +753,10 @@ func (c *committer) commit() {
 			}
 		}
 		for uid, fs := range c.senders {
-			s.cache.resize(ckey{kind: kCMIDs, a: uid}, fs.size()) // the sets grew
+			if sz := fs.size(); sz != fs.accounted {
+				fs.accounted = sz
+				s.cache.resize(ckey{kind: kCMIDs, a: uid}, sz) // the set grew
+			}
 		}
 	}
 	c.endUnit()
@@ -816,13 +827,13 @@ func (s *Store) publish(gen uint64, convs []convEffect, marks []markEffect) {
 	ch := s.cache
 	for _, e := range convs {
 		h := e.h
-		sh, ent := ch.publishLock(headKey(h.key), gen)
+		sh := ch.publishEntry(h.ent, gen) // pinned since the batch touched it
 		h.lastSeq, h.lastTS, h.pubReads = e.seq, e.ts, e.reads
 		if e.last != nil {
 			h.last = e.last.Msg
-		}
-		if ent != nil && ent.v == h {
-			ch.resizeLocked(sh, ent, h.size())
+			if sz := h.size(); sz+entryOverhead != h.ent.size {
+				ch.resizeLocked(sh, h.ent, sz)
+			}
 		}
 		sh.mu.Unlock()
 		if e.fresh {
@@ -832,7 +843,7 @@ func (s *Store) publish(gen uint64, convs []convEffect, marks []markEffect) {
 		}
 	}
 	for _, e := range marks {
-		sh, _ := ch.publishLock(memberKey(e.gid, e.uid), gen)
+		sh := ch.publishEntry(e.m.ent, gen) // pinned since the batch touched it
 		e.m.pub = e.v
 		sh.mu.Unlock()
 	}

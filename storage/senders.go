@@ -37,9 +37,10 @@ import (
 var maxSenderCMIDs = 1 << 14
 
 type senderFPs struct {
-	slots []uint32 // open addressing, linear probing; 0 = empty
-	n     int
-	heavy bool
+	slots     []uint32 // open addressing, linear probing; 0 = empty
+	n         int
+	heavy     bool
+	accounted int64 // the size the cache counts
 }
 
 func (f *senderFPs) size() int64 { return int64(48 + 4*len(f.slots)) }
@@ -130,5 +131,6 @@ func (c *committer) senderSet(from uint64) (*senderFPs, error) {
 	if err := it.Close(); err != nil {
 		return nil, err
 	}
-	return c.s.cache.addPinned(k, f, 0, f.size(), c.gen).v.(*senderFPs), nil
+	f.accounted = f.size()
+	return c.s.cache.addPinned(k, f, 0, f.accounted, c.gen).v.(*senderFPs), nil
 }

@@ -36,6 +36,7 @@ type head struct {
 	reads [2]uint64
 	gen   uint64 // unit of work that last touched it
 	idx   int    // its entry in that batch's conv effects
+	ent   *entry // its cache entry, while the committer holds it pinned
 
 	// Published: guarded by the shard lock.
 	lastSeq  uint64
@@ -91,6 +92,7 @@ type markEnt struct {
 	// Committer only.
 	head uint64
 	gen  uint64 // unit of work that last touched it
+	ent  *entry // its cache entry, while the committer holds it pinned
 }
 
 const markSize = 64
