@@ -52,7 +52,7 @@ type popOptions struct {
 	wsURL, httpURL          string
 	serverArgs              []string
 	coldUsers, readConc     int
-	pairs                   int
+	pairs, window           int
 	rate                    float64
 	duration                time.Duration
 	procs, src              int
@@ -86,10 +86,11 @@ func populateMain(args []string) int {
 	fs.StringVar(&o.exe, "exe", "", "magpie binary to run `serve` with (default: this one; /work/before/magpie for before figures)")
 	fs.StringVar(&o.wsURL, "url", "ws://127.0.0.1:7070/ws", "WebSocket URL the server listens on")
 	fs.StringVar(&o.httpURL, "http", "http://127.0.0.1:8080", "HTTP base URL of the server")
-	sargs := fs.String("server-args", "", "extra flags of magpie serve, space-separated (e.g. \"--cache-size 16777216\")")
+	sargs := fs.String("server-args", "", "extra flags of magpie serve, space-separated, after --send-rate 0 (e.g. \"--cache-size 16777216\")")
 	fs.IntVar(&o.coldUsers, "cold-users", 500, "users whose convs and history are read cold (each once)")
 	fs.IntVar(&o.readConc, "read-conc", 4, "of them, reading at once")
-	fs.IntVar(&o.pairs, "pairs", 100, "p2p pairs of users (each pair has a conversation in the data set)")
+	fs.IntVar(&o.pairs, "pairs", 500, "p2p pairs of users (each pair has a conversation in the data set)")
+	fs.IntVar(&o.window, "window", 16, "p2p outstanding sends per sender")
 	fs.Float64Var(&o.rate, "rate", 0, "p2p messages per second over all senders (0: flat out, bounded by the window of 64)")
 	fs.DurationVar(&o.duration, "duration", 10*time.Second, "p2p sending time per run")
 	fs.IntVar(&o.procs, "procs", 1, "p2p worker processes")
@@ -103,7 +104,8 @@ func populateMain(args []string) int {
 		}
 		return 2
 	}
-	o.serverArgs = strings.Fields(*sargs)
+	// p2p runs flat out: no per-connection send rate (later flags win).
+	o.serverArgs = append([]string{"--send-rate", "0"}, strings.Fields(*sargs)...)
 	if o.data == "" || fs.NArg() > 0 {
 		fmt.Fprint(os.Stderr, "magpie bench populate: --data is required\n")
 		return 2
@@ -152,6 +154,9 @@ func (o *popOptions) run(rep *Report) error {
 	rep.param("format", meta.Format)
 	rep.param("exe", o.exe)
 	rep.param("server_args", strings.Join(o.serverArgs, " "))
+	rep.param("pairs", o.pairs)
+	rep.param("window", o.window)
+	rep.param("duration", o.duration.String())
 	rep.result("populate_seconds", meta.Seconds)
 	rep.result("data_dir_bytes", dirBytes(filepath.Join(o.data, "db")))
 	if !o.measure {
@@ -193,7 +198,7 @@ func (o *popOptions) run(rep *Report) error {
 	rep.latency("history_cold", hs)
 
 	// 3. p2p on cold conversations, then on the same ones warm.
-	tokens, err := o.pairTokens(signer, o.users/2, "cold")
+	tokens, err := o.pairTokens(signer, o.p2pFrom(2), "cold")
 	if err != nil {
 		return err
 	}
@@ -215,7 +220,7 @@ func (o *popOptions) run(rep *Report) error {
 			return err
 		}
 		defer srv2.stop(syscall.SIGTERM)
-		tokens, err := o.pairTokens(signer, o.users/4, "small")
+		tokens, err := o.pairTokens(signer, o.p2pFrom(4), "small")
 		if err != nil {
 			return err
 		}
@@ -332,8 +337,8 @@ func (o *popOptions) coldReads(u *url.URL, signer *server.Signer) (cv, hs *hdrhi
 	var uids []uint64
 	for len(uids) < o.coldUsers && len(seen) < o.users {
 		uid := 1 + rng.Uint64N(uint64(o.users))
-		// Keep away from the p2p users (the first quarter and the half).
-		if seen[uid] || uid >= uint64(o.users)/4 && uid < uint64(o.users)/4+uint64(2*o.pairs)+2 || uid >= uint64(o.users)/2 && uid < uint64(o.users)/2+uint64(2*o.pairs)+2 {
+		// Keep away from the p2p users.
+		if seen[uid] || o.p2pUser(uid) {
 			continue
 		}
 		seen[uid] = true
@@ -427,6 +432,32 @@ func coldRead(u *url.URL, signer *server.Signer, uid uint64, shard int, conv, hi
 	return nil
 }
 
+// p2pFrom is where the p2p pairs start: 1/div of the way to the last user
+// a that has a conversation with a+1.
+func (o *popOptions) p2pFrom(div int) int {
+	lo, hi := 1, o.users-1 // (lo, lo+1) exists; find the last a that has it
+	for lo < hi {
+		mid := (lo + hi + 1) / 2
+		if storage.PopulateHasConv(o.users, o.convs, uint64(mid), 1) {
+			lo = mid
+		} else {
+			hi = mid - 1
+		}
+	}
+	return max(1, lo/div)
+}
+
+// p2pUser reports whether uid may be one of the p2p pairs' users.
+func (o *popOptions) p2pUser(uid uint64) bool {
+	for _, div := range []int{2, 4} {
+		from := uint64(o.p2pFrom(div))
+		if uid >= from && uid < from+uint64(4*o.pairs)+2 {
+			return true
+		}
+	}
+	return false
+}
+
 // pairTokens writes a tokens file of 2 × pairs users (a, a+1) from uid
 // from on, each pair with a conversation in the data set, so that the
 // p2p scenario's pairs (2i, 2i+1) talk in existing conversations.
@@ -462,7 +493,7 @@ func (o *popOptions) p2p(rep *Report, phase, tokens string, pid int) error {
 		return err
 	}
 	po := &options{scenario: "p2p", exe: exe, wsURL: o.wsURL, httpURL: o.httpURL, serverPID: pid, tokens: tokens,
-		procs: o.procs, src: o.src, conc: 64, timeout: 15 * time.Second, target: "magpie", size: 64, window: 64, ack: true,
+		procs: o.procs, src: o.src, conc: 64, timeout: 15 * time.Second, target: "magpie", size: 64, window: o.window, ack: true,
 		pairs: o.pairs, rate: o.rate, duration: o.duration}
 	status(fmt.Sprintf("p2p %s: %d pairs, rate %v, %v", phase, o.pairs, o.rate, o.duration))
 	r, err := run(po)
