@@ -36,6 +36,7 @@ scenarios:
   storm     N clients connected, the server restarted; time until all are back and caught up, loss and duplicates
   soak      N clients, group and direct traffic while clients drop and reconnect (§9); loss, duplicates, server memory before/peak/after
   baseline  run the goroutine-per-connection comparison server (gorilla/websocket), or its raw-write ceiling mode
+  populate  build a data dir of U users, C conversations and M messages, then measure start-up, memory, cold reads and p2p on it
 
 Run "magpie bench <scenario> -h" for the flags. The users come from one of:
   (default)       a running server (--http, default http://127.0.0.1:8080, as
@@ -60,6 +61,8 @@ func Main(args []string) int {
 		return workerMain(os.Stdin, os.Stdout)
 	case "baseline":
 		return baseline.Main(args[1:])
+	case "populate":
+		return populateMain(args[1:])
 	case "connect", "p2p", "fanout", "storm", "soak":
 		o, err := parseOptions(args[0], args[1:])
 		if errors.Is(err, flag.ErrHelp) {

@@ -8,6 +8,8 @@ import (
 	"runtime"
 	"strings"
 	"time"
+
+	"github.com/magpie-im/magpie/storage"
 )
 
 // Config holds every tunable of `magpie serve`. Each field names its flag
@@ -39,6 +41,7 @@ type Config struct {
 	Workers       int           // --workers; pool for blocking requests, default 4 × GOMAXPROCS
 	WorkQueue     int           // --work-queue; bound of that pool's queue, default 16384
 	Inbox         int           // --inbox; items a loop's inbox holds before the router and workers wait, default 262144
+	CacheSize     int64         // --cache-size; the store's metadata cache in bytes, default storage.DefaultCacheSize (64 MiB)
 	LogLevel      string        // --log-level; default "info"
 	Pprof         bool          // --pprof; default false: serve net/http/pprof under /debug/pprof/ on --http
 }
@@ -68,6 +71,7 @@ func DefaultConfig() Config {
 		Workers:       4 * runtime.GOMAXPROCS(0),
 		WorkQueue:     16384,
 		Inbox:         1 << 18,
+		CacheSize:     storage.DefaultCacheSize,
 		LogLevel:      "info",
 	}
 }
@@ -105,6 +109,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.Workers, "workers", c.Workers, "goroutines serving blocking requests (history, convs, groups, read)")
 	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
 	fs.IntVar(&c.Inbox, "inbox", c.Inbox, "items (pushes, replies) an event loop's inbox holds before fan-out waits (then sends get rate_limited)")
+	fs.Int64Var(&c.CacheSize, "cache-size", c.CacheSize, "bytes of conversation heads, memberships, users… the store keeps in memory (docs/STORAGE.md)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http (for profiling; keep off in production)")
 	// Errors are returned (the caller prints them once, naming the flag);
@@ -193,6 +198,9 @@ func (c *Config) Validate() error {
 	atLeast("inbox", c.Inbox, 1)
 	if c.AckDelay < 0 {
 		bad("ack-delay", fmt.Sprintf("must not be negative, got %v", c.AckDelay))
+	}
+	if c.CacheSize < 1 {
+		bad("cache-size", fmt.Sprintf("must be at least 1, got %d", c.CacheSize))
 	}
 	switch c.LogLevel {
 	case "debug", "info", "warn", "error":

@@ -283,7 +283,7 @@ func (c *conn) text(p []byte) {
 	case tRead:
 		c.read(r, rid)
 	case tConvs:
-		c.convs(rid)
+		c.convs(r, rid)
 	case tHistory:
 		c.history(r, rid)
 	case tGroupCreate, tGroupJoin, tGroupLeave, tGroupMembers:

@@ -196,31 +196,35 @@ func appendConvs(dst, rid []byte, items []storage.ConvItem, total uint64) []byte
 	dst = appendRID(dst, rid)
 	dst = append(dst, `,"items":[`...)
 	for i := range items {
-		it := &items[i]
 		if i > 0 {
 			dst = append(dst, ',')
 		}
-		dst = append(dst, `{"conv":`...)
-		dst = appendStr(dst, it.Conv)
-		if it.Group != 0 {
-			dst = appendKeyUint(dst, `,"group":`, it.Group)
-			dst = append(dst, `,"name":`...)
-			dst = appendStr(dst, it.Name)
-		} else {
-			dst = appendKeyUint(dst, `,"peer":`, it.Peer)
-		}
-		dst = appendKeyUint(dst, `,"last_seq":`, it.LastSeq)
-		dst = appendKeyUint(dst, `,"read_seq":`, it.ReadSeq)
-		dst = appendKeyUint(dst, `,"unread":`, it.Unread)
-		if it.Last != nil {
-			dst = append(dst, `,"last":{`...)
-			dst = appendMsgFields(dst, it.Last)
-			dst = append(dst, '}')
-		}
-		dst = append(dst, '}')
+		dst = appendConvItem(dst, &items[i])
 	}
 	dst = append(dst, ']')
 	dst = appendKeyUint(dst, `,"total_unread":`, total)
+	return append(dst, '}')
+}
+
+// appendConvItem encodes one item of a convs reply.
+func appendConvItem(dst []byte, it *storage.ConvItem) []byte {
+	dst = append(dst, `{"conv":`...)
+	dst = appendStr(dst, it.Conv)
+	if it.Group != 0 {
+		dst = appendKeyUint(dst, `,"group":`, it.Group)
+		dst = append(dst, `,"name":`...)
+		dst = appendStr(dst, it.Name)
+	} else {
+		dst = appendKeyUint(dst, `,"peer":`, it.Peer)
+	}
+	dst = appendKeyUint(dst, `,"last_seq":`, it.LastSeq)
+	dst = appendKeyUint(dst, `,"read_seq":`, it.ReadSeq)
+	dst = appendKeyUint(dst, `,"unread":`, it.Unread)
+	if it.Last != nil {
+		dst = append(dst, `,"last":{`...)
+		dst = appendMsgFields(dst, it.Last)
+		dst = append(dst, '}')
+	}
 	return append(dst, '}')
 }
 

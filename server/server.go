@@ -134,6 +134,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		Fsync:     cfg.Fsync,
 		QueueSize: cfg.QueueSize,
 		MaxBody:   cfg.MaxBody,
+		CacheSize: cfg.CacheSize,
 		OnSent:    s.onSent,
 		OnCommit:  s.onCommit,
 		Logger:    log,
@@ -142,6 +143,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		return fmt.Errorf("open store in %s: %w", cfg.Data, err)
 	}
 	s.store = store
+	s.registerStoreMetrics(store)
 	if cfg.Demo {
 		if err := store.EnsureDemo(func(pw string) []byte { return HashPassword(pw) }); err != nil {
 			store.Close()

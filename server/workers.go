@@ -110,16 +110,23 @@ func (c *conn) read(r *request, rid []byte) {
 }
 
 // convs offloads the conversation list. REQUIRES: owning event loop.
-func (c *conn) convs(rid []byte) {
+// convs answers a convs request; limit, before and conv page it
+// (docs/PROTOCOL.md, "convs paging"). REQUIRES: owning event loop.
+func (c *conn) convs(r *request, rid []byte) {
+	q, paged, msg := convsQuery(r)
+	if msg != "" {
+		c.errorReply(rid, "", storage.BadRequest, msg)
+		return
+	}
 	uid, ridS := c.uid, string(rid)
 	s := c.lp.srv
 	s.offload(c, ridS, func() {
-		items, total, err := s.store.Convs(uid)
+		p, err := s.store.ConvsPaged(uid, q)
 		if err != nil {
 			s.replyErr(c, ridS, err)
 			return
 		}
-		s.replyTo(c, textFrame(appendConvs(nil, []byte(ridS), items, total)))
+		s.replyTo(c, textFrame(appendConvsPage(nil, []byte(ridS), &p, paged)))
 	})
 }
 

@@ -77,14 +77,24 @@ type Options struct {
 	OnCommit func(batchSize int, commitDur, syncDur time.Duration)
 	// Logger; the default is slog.Default().
 	Logger *slog.Logger
+	// CacheSize bounds the metadata cache in bytes (docs/STORAGE.md, "The
+	// cache"): conversation heads with their last message, group records
+	// and member lists, memberships and read marks, users' conversation
+	// sets, users and names. The default is 64 MiB (DefaultCacheSize).
+	CacheSize int64
 
 	// Test hooks.
 	fs       vfs.FS       // the filesystem under Pebble; nil means the OS
 	clock    func() int64 // Unix ms; nil means time.Now
 	noCommit bool         // don't start the committer (benchmarks drive it)
 	memTable uint64       // Pebble MemTableSize; 0 means the default below
-	cmidBits int          // cmid filter fingerprint bits (cmidset.go); 0 means 32
 }
+
+// DefaultCacheSize is the default Options.CacheSize: 64 MiB, about
+// 200,000 conversation heads with a typical last message, or the
+// conversation sets, heads and read marks of some 20,000 active users
+// with ten conversations each (docs/STORAGE.md explains the choice).
+const DefaultCacheSize = 64 << 20
 
 // Store is the open database. Its methods are safe for concurrent use.
 type Store struct {
@@ -92,17 +102,16 @@ type Store struct {
 	log *slog.Logger
 	db  *pebble.DB
 
-	// mu guards the published metadata (state.go): readers hold it shared,
-	// the committer exclusively while publishing a durable batch.
-	mu      sync.RWMutex
-	users   map[uint64]*user
-	names   map[string]*user // by lower-cased name
-	byUID   []*user          // ascending uid
-	groups  map[uint64]*group
-	convs   map[convKey]*conv // direct conversations
-	nextUID uint64            // committer only
-	nextGID uint64            // committer only
-	demoGID uint64            // committer only
+	// cache holds the hot metadata (cache.go); snap is the readers'
+	// snapshot of the published state (snap.go).
+	cache *cache
+	snap  atomic.Pointer[snapRef]
+	// Users and groups are numbered 1, 2, 3, … and never deleted: uid
+	// exists iff 0 < uid < nextUID. The committer's next ids include what
+	// it committed; the published ones only what readers may see.
+	nextUID, nextGID       uint64 // committer only
+	demoGID                uint64 // committer only
+	pubNextUID, pubNextGID atomic.Uint64
 
 	// qmu orders Submit against Close: Close flips closed while holding it
 	// exclusively, so no Submit can queue after the committer's final drain.
@@ -115,15 +124,17 @@ type Store struct {
 	closeOnce sync.Once
 	closeErr  error
 
-	c      committer   // the batch in preparation; committer only
-	seen   *cmidSet    // filter over the stored (from, cmid) pairs; committer only
-	broken atomic.Bool // a commit hit a Pebble fatal error
-	st     counters
+	c         committer       // the batch in preparation; committer only
+	unflushed *unflushedCMIDs // committed cmids not yet in sstables; committer only
+	broken    atomic.Bool     // a commit hit a Pebble fatal error
+	st        counters
 }
 
-// Open opens (creating if needed) the Pebble database in dir and loads the
-// hot metadata. Errors (for example a read-only dir) are returned, never
-// half-opened.
+// Open opens (creating if needed) the Pebble database in dir. It reads no
+// metadata beyond the format and the highest uid and gid (everything else
+// is loaded on demand), and migrates a data dir of format v1 (written by
+// releases up to df74be6) to v2, logging it. Errors (for example a
+// read-only dir or an unknown format) are returned, never half-opened.
 func Open(dir string, o Options) (*Store, error) { return open(dir, o) }
 
 // Close stops taking new work, commits everything already submitted (OnSent
@@ -142,10 +153,23 @@ type Stats struct {
 	Rejected     uint64 // sends answered with an error by the committer
 	RateLimited  uint64 // Submit calls refused (queue full or closing)
 	CommitErrors uint64 // failed commits
+
+	// The metadata cache (Options.CacheSize).
+	CacheBytes     int64  // bytes held (approximate, by the entries' real sizes)
+	CacheCap       int64  // its budget
+	CacheEntries   int64  // entries held
+	CacheHits      uint64 // lookups answered from the cache
+	CacheMisses    uint64 // lookups that went to Pebble
+	CacheEvictions uint64 // entries evicted to stay within the budget
+	CacheRefusals  uint64 // values a reader loaded that a concurrent write made stale (not cached)
+	// The cmid index (unflushed.go).
+	CMIDLookups    uint64 // lookups in the cmid index (Pebble)
+	UnflushedCMIDs int64  // committed cmids not yet flushed to sstables: the recent-cmid set
 }
 
 // Stats returns the current counters. Safe for concurrent use; cheap.
 func (s *Store) Stats() Stats {
+	cs := s.cache.stats()
 	return Stats{
 		QueueLen:     len(s.q),
 		QueueCap:     cap(s.q),
@@ -156,11 +180,21 @@ func (s *Store) Stats() Stats {
 		Rejected:     s.st.failed.Load(),
 		RateLimited:  s.st.rateLimited.Load(),
 		CommitErrors: s.st.commitErrors.Load(),
+
+		CacheBytes:     cs.bytes,
+		CacheCap:       cs.budget,
+		CacheEntries:   cs.entries,
+		CacheHits:      cs.hits,
+		CacheMisses:    cs.misses,
+		CacheEvictions: cs.evictions,
+		CacheRefusals:  cs.refusals,
+		CMIDLookups:    s.st.cmidLookups.Load(),
+		UnflushedCMIDs: s.unflushed.n.Load(),
 	}
 }
 
 type counters struct {
-	batches, stored, dups, failed, rateLimited, commitErrors atomic.Uint64
+	batches, stored, dups, failed, rateLimited, commitErrors, cmidLookups atomic.Uint64
 }
 
 // User is an account.
@@ -261,19 +295,52 @@ func (s *Store) History(uid uint64, q HistoryQuery) ([]Message, bool, error) {
 
 // ConvItem is one entry of the conversation list.
 type ConvItem struct {
-	Conv    string
-	Peer    uint64 // direct conversations
-	Group   uint64 // group conversations
-	Name    string // group name
-	LastSeq uint64
-	ReadSeq uint64
-	Unread  uint64
-	Last    *Message // nil while the conversation has no messages
+	Conv        string
+	Peer        uint64 // direct conversations
+	PeerReadSeq uint64 // direct conversations: the peer's read_seq (PROTOCOL §14)
+	Group       uint64 // group conversations
+	Name        string // group name
+	Owner       uint64 // group owner, 0 when the group is empty (PROTOCOL §13)
+	Public      bool   // group is public (PROTOCOL §13)
+	LastSeq     uint64
+	ReadSeq     uint64
+	Unread      uint64
+	Last        *Message // nil while the conversation has no messages
+	TS          int64    // the sort key: Last.TS, or a group's creation time
 }
 
 // Convs lists every group uid is a member of and every direct conversation
 // with at least one message, sorted per PROTOCOL §4, and total_unread.
-func (s *Store) Convs(uid uint64) ([]ConvItem, uint64, error) { return s.convList(uid) }
+// For a user with more than 10,000 conversations it returns the first
+// 10,000 (use ConvsPaged for the rest).
+func (s *Store) Convs(uid uint64) ([]ConvItem, uint64, error) {
+	p, err := s.convList(uid, ConvsQuery{})
+	return p.Items, p.TotalUnread, err
+}
+
+// ConvsQuery selects a page of the conversation list (docs/PROTOCOL.md,
+// "convs paging"). The zero value is the first page of up to 10,000 items.
+type ConvsQuery struct {
+	Limit int // items per page; 0 or above 10,000 means 10,000
+	// HasBefore selects the items that sort after (BeforeTS, BeforeConv)
+	// in the list's order (newest first, ties by conv): the cursor is the
+	// last item of the previous page (its TS and Conv).
+	HasBefore  bool
+	BeforeTS   int64
+	BeforeConv string
+}
+
+// ConvsPage is one page of the conversation list.
+type ConvsPage struct {
+	Items       []ConvItem
+	TotalUnread uint64 // over every conversation, not only the page
+	More        bool   // items follow this page
+}
+
+// ConvsPaged returns one page of uid's conversation list. Memory is
+// bounded by the page, not by the number of conversations; the time is
+// proportional to the number of conversations (each is looked at).
+func (s *Store) ConvsPaged(uid uint64, q ConvsQuery) (ConvsPage, error) { return s.convList(uid, q) }
 
 // MarkRead sets read_seq = max(read_seq, min(seq, last_seq)) and returns the
 // resulting read_seq, the conversation's unread and the user's total_unread.
@@ -286,6 +353,8 @@ type GroupInfo struct {
 	ID      uint64
 	Name    string
 	Count   int
+	Owner   uint64   // the creator; after the owner leaves, the member with the lowest uid; 0 when empty
+	Public  bool     // always false until PROTOCOL §13 is implemented
 	Members []uint64 // only for CreateGroup and GroupMembers
 	More    bool
 }

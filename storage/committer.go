@@ -65,7 +65,7 @@ type cmidKey struct {
 // convEffect is a conversation touched by the batch (a message, or a read
 // mark of a direct conversation, which lives in its meta record).
 type convEffect struct {
-	c     *conv
+	h     *head
 	last  *Send // its last send in the batch; nil if none
 	seq   uint64
 	ts    int64
@@ -75,17 +75,16 @@ type convEffect struct {
 
 // markEffect is a group read mark moved by the batch.
 type markEffect struct {
-	m   *mark
-	uid uint64
-	k   convKey
-	v   uint64
+	m        *markEnt
+	uid, gid uint64
+	v        uint64
 }
 
-// committer is the state of one batch in preparation; owned by the
-// committer goroutine.
+// committer is the state of the unit of work (batch or barrier) in
+// preparation; owned by the committer goroutine.
 type committer struct {
 	s     *Store
-	gen   uint64 // batch number; conv.gen and mark.gen compare against it
+	gen   uint64 // unit of work; head.gen, markEnt.gen and cache pins compare against it
 	pb    *pebble.Batch
 	n     int // operations in the batch
 	sends []*Send
@@ -93,16 +92,22 @@ type committer struct {
 	convs []convEffect
 	marks []markEffect
 	cmids map[cmidKey]*Send
-	// fresh holds the direct conversations created by this batch; they join
-	// Store.convs when it is published (one lock per batch, not per
-	// conversation).
-	fresh map[convKey]*conv
-	now   int64 // Unix ms of the batch
+	// bigRecips holds, for this batch, the member lists of groups too large
+	// for the cache (read from Pebble once per batch, not kept).
+	bigRecips map[uint64][]uint64
+	// senders holds the cmid fingerprints of this batch's senders (pinned
+	// cache values, senders.go).
+	senders map[uint64]*senderFPs
+	// placeholders are the cache keys this unit added placeholder entries
+	// for (cache.go INVARIANT 1); endUnit drops what publishing left.
+	placeholders []ckey
+	now          int64 // Unix ms of the batch
 	// The batch's key/value pairs, staged in buf so that they can be added
 	// to the Pebble batch in key order (see fillBatch).
 	buf   []byte
-	ents  []entry
-	cit   *pebble.Iterator // cmid lookups of this batch; nil until the first
+	ents  []staged
+	cit   *pebble.Iterator // cmid lookups of this batch in the whole DB; nil until the first
+	dit   *pebble.Iterator // the same in sstables only (unflushed.go)
 	start time.Time
 	key   []byte // scratch
 }
@@ -110,7 +115,35 @@ type committer struct {
 func (c *committer) init(s *Store) {
 	c.s = s
 	c.cmids = make(map[cmidKey]*Send)
-	c.fresh = make(map[convKey]*conv)
+	c.bigRecips = make(map[uint64][]uint64)
+	c.senders = make(map[uint64]*senderFPs)
+}
+
+// beginUnit starts a unit of work: a new generation, whose cache entries
+// are pinned until endUnit (cache.go INVARIANT 1).
+func (c *committer) beginUnit() {
+	c.gen++
+	c.s.cache.pinGen.Store(c.gen)
+}
+
+// endUnit drops the unit's placeholders, unpins its entries and trims
+// what they kept over budget.
+func (c *committer) endUnit() {
+	for _, k := range c.placeholders {
+		c.s.cache.dropPlaceholder(k)
+	}
+	clear(c.placeholders)
+	c.placeholders = c.placeholders[:0]
+	c.s.cache.pinGen.Store(0)
+	c.s.cache.trimAll()
+}
+
+// changes pins k, whose value this unit changes without reading it
+// (cache.go INVARIANT 1).
+func (c *committer) changes(k ckey) {
+	if c.s.cache.placeholder(k, c.gen) {
+		c.placeholders = append(c.placeholders, k)
+	}
 }
 
 // run is the committer goroutine.
@@ -180,7 +213,8 @@ func (c *committer) fill() *request {
 }
 
 func (c *committer) begin() {
-	c.gen++
+	c.beginUnit()
+	c.s.unflushed.prune() // before this batch's sstable-only iterator
 	c.start = time.Now()
 	c.now = c.s.nowMs()
 	if c.pb == nil {
@@ -211,19 +245,14 @@ func (c *committer) send(m *Send) {
 		m.Dup, m.Msg, m.Recipients = true, orig.Msg, orig.Recipients
 		return
 	}
-	// The filter proves most cmids new without a Pebble lookup; a hit
-	// (stored, or a fingerprint collision) takes the exact lookup.
-	fp := s.seen.fp(m.From, m.CMID)
-	if s.seen.has(fp) {
-		found, err := c.lookupCMID(m)
-		if err != nil {
-			s.log.Error("storage: cmid lookup", "err", err, "from", m.From, "cmid", m.CMID)
-			m.Err = errInternal
-			return
-		}
-		if found {
-			return
-		}
+	found, err := c.lookupCMID(m)
+	if err != nil {
+		s.log.Error("storage: cmid lookup", "err", err, "from", m.From, "cmid", m.CMID)
+		m.Err = errInternal
+		return
+	}
+	if found {
+		return
 	}
 	// 2. Body size.
 	if len(m.Body) > s.o.MaxBody {
@@ -231,7 +260,7 @@ func (c *committer) send(m *Send) {
 		return
 	}
 	// 3. Recipient.
-	cv, mk, recips, e := c.resolve(m)
+	h, mk, recips, e := c.resolve(m)
 	if e != nil {
 		m.Err = e
 		return
@@ -240,141 +269,316 @@ func (c *committer) send(m *Send) {
 		m.Kind = "text"
 	}
 	// 4. Next seq; ts never below the previous message's.
-	cv.headSeq++
-	cv.headTS = max(cv.headTS, c.now)
-	m.Msg = Message{Conv: cv.name, Seq: cv.headSeq, From: m.From, TS: cv.headTS, Kind: m.Kind, Body: m.Body, CMID: m.CMID}
+	h.seq++
+	h.ts = max(h.ts, c.now)
+	m.Msg = Message{Conv: h.name, Seq: h.seq, From: m.From, TS: h.ts, Kind: m.Kind, Body: m.Body, CMID: m.CMID}
 	m.Recipients = recips
 	c.cmids[ck] = m
-	// Added before the commit: if the commit fails, the filter only holds
-	// a false positive.
-	s.seen.add(fp)
 
 	k, v := c.put(msgKeyLen, msgValueLen(&m.Msg))
-	putMsgKey(k, cv.key, m.Msg.Seq)
+	putMsgKey(k, h.key, m.Msg.Seq)
 	putMsgValue(v, &m.Msg)
 
 	k, v = c.put(9+len(m.CMID), convLen+8)
 	k[0] = pfxCMID
 	putU64(k[1:], m.From)
 	copy(k[9:], m.CMID)
-	putConv(v, cv.key)
+	putConv(v, h.key)
 	putU64(v[convLen:], m.Msg.Seq)
 
-	c.touchConv(cv).last = m
-	mk.head = m.Msg.Seq
-	if cv.grp != nil {
-		c.touchMark(mk, m.From, cv.key)
+	c.touchConv(h).last = m
+	if mk != nil {
+		mk.head = m.Msg.Seq
+		c.touchMark(mk, m.From, h.key.a)
+	} else {
+		h.reads[h.readIdx(m.From)] = m.Msg.Seq
 	}
 }
 
 // lookupCMID fills m as a duplicate when (From, CMID) is stored.
 //
-// Lookups go through one iterator per batch with SeekPrefixGE and
-// UseL6Filters rather than DB.Get: nearly every lookup misses, and Get skips
-// the Bloom filters of the bottom level (L6, where most cmids end up), so
-// each miss would read a data block. The iterator is created with the
-// batch and sees everything committed before it; earlier sends of the same
-// batch are in c.cmids.
+// The sender's cmid fingerprints (senders.go) prove most cmids new
+// without a Pebble read. The rest (retries, fingerprint collisions,
+// senders with too many cmids to hold): a cmid the committer wrote since
+// the last flush (the unflushed set, unflushed.go) is looked up in the
+// whole DB; every other one in the sstables only, which their Bloom
+// filters answer without reading data blocks for a new cmid.
+// Both lookups use one iterator per batch with SeekPrefixGE and
+// UseL6Filters rather than DB.Get: nearly every lookup misses, and Get
+// skips the filters of the bottom level (L6, where most cmids end up). The
+// iterators are created with the batch and see everything committed
+// before it; earlier sends of the same batch are in c.cmids.
 func (c *committer) lookupCMID(m *Send) (bool, error) {
 	s := c.s
-	if c.cit == nil {
-		it, err := s.db.NewIter(&pebble.IterOptions{
-			LowerBound:   []byte{pfxCMID},
-			UpperBound:   []byte{pfxCMID + 1},
-			UseL6Filters: true,
-		})
-		if err != nil {
+	h := s.unflushed.cmidHash(m.CMID)
+	fs := c.senders[m.From]
+	if fs == nil {
+		var err error
+		if fs, err = c.senderSet(m.From); err != nil {
 			return false, err
 		}
-		c.cit = it
+		c.senders[m.From] = fs
+	}
+	if !fs.has(s.unflushed.fp32(h)) {
+		return false, nil // proven new (senders.go INVARIANT 6)
+	}
+	it := &c.dit
+	if s.unflushed.has(s.unflushed.fp(m.From, h)) {
+		it = &c.cit
+	}
+	s.st.cmidLookups.Add(1)
+	if *it == nil {
+		var err error
+		*it, err = s.db.NewIter(&pebble.IterOptions{
+			LowerBound:                []byte{pfxCMID},
+			UpperBound:                []byte{pfxCMID + 1},
+			UseL6Filters:              true,
+			OnlyReadGuaranteedDurable: it == &c.dit,
+		})
+		if err != nil {
+			*it = nil
+			return false, err
+		}
 	}
 	c.key = keyCMID(c.key[:0], m.From, m.CMID)
-	if !c.cit.SeekPrefixGE(c.key) || !bytes.Equal(c.cit.Key(), c.key) {
-		return false, c.cit.Error()
+	if !(*it).SeekPrefixGE(c.key) || !bytes.Equal((*it).Key(), c.key) {
+		return false, (*it).Error()
 	}
-	v, err := c.cit.ValueAndErr()
+	v, err := (*it).ValueAndErr()
 	if err != nil {
 		return false, err
 	}
-	ck, seq, err := decodeCMIDValue(v)
+	conv, seq, err := decodeCMIDValue(v)
 	if err != nil {
 		return false, err
 	}
-	c.key = keyMsg(c.key[:0], ck, seq)
-	v, closer, err := s.db.Get(c.key)
-	if err != nil {
-		return false, fmt.Errorf("message %s/%d of cmid %q: %w", ck, seq, m.CMID, err)
+	found, err := c.dupOf(m, conv, seq)
+	if err == nil && !found {
+		err = fmt.Errorf("%w: message %s/%d of cmid %q does not carry it", errCorrupt, conv, seq, m.CMID)
 	}
-	m.Msg.Conv, m.Msg.Seq = ck.String(), seq
-	err = decodeMsg(v, &m.Msg)
-	closer.Close()
-	if err != nil {
+	return found, err
+}
+
+// dupOf fills m as a duplicate of message seq of conv if that message is
+// m's (same from and cmid).
+func (c *committer) dupOf(m *Send, conv convKey, seq uint64) (bool, error) {
+	s := c.s
+	c.key = keyMsg(c.key[:0], conv, seq)
+	orig := Message{Conv: conv.String(), Seq: seq}
+	found, err := getValue(s.db, c.key, func(v []byte) error { return decodeMsg(v, &orig) })
+	if err == nil && !found {
+		err = fmt.Errorf("%w: message %s/%d missing", errCorrupt, conv, seq)
+	}
+	if err != nil || orig.From != m.From || orig.CMID != m.CMID {
 		return false, err
+	}
+	m.Msg = orig
+	if conv.group() {
+		rec, err := c.groupRec(conv.a)
+		if err == nil {
+			m.Recipients, err = c.recipients(rec)
+		}
+		if err != nil {
+			m.Msg, m.Recipients = Message{}, nil
+			return false, err
+		}
+	} else {
+		m.Recipients = []uint64{conv.a, conv.b}
 	}
 	m.Dup = true
-	if ck.group() {
-		if g := s.groups[ck.a]; g != nil {
-			m.Recipients = g.recips
-		}
-	} else if cv := s.convs[ck]; cv != nil {
-		m.Recipients = cv.recips
-	}
 	return true, nil
 }
 
-// resolve checks the recipient of m and returns the conversation, the
-// sender's read mark in it and the recipients.
-func (c *committer) resolve(m *Send) (*conv, *mark, []uint64, *Error) {
+// resolve checks the recipient of m and returns the conversation's head,
+// the sender's membership of a group (nil for a direct conversation) and
+// the recipients.
+func (c *committer) resolve(m *Send) (*head, *markEnt, []uint64, *Error) {
 	s := c.s
+	internal := func(err error) (*head, *markEnt, []uint64, *Error) {
+		s.log.Error("storage: send", "err", err, "from", m.From, "to", m.To, "group", m.Group)
+		return nil, nil, nil, errInternal
+	}
 	switch {
 	case m.Group != 0 && m.To == 0:
-		g := s.groups[m.Group]
-		if g == nil {
+		if m.Group >= s.nextGID {
 			return nil, nil, nil, &Error{Code: NotFound, Msg: "unknown group"}
 		}
-		mk := g.members[m.From]
-		if mk == nil {
+		rec, err := c.groupRec(m.Group)
+		if err != nil {
+			return internal(err)
+		}
+		mk, err := c.markOf(rec, m.From)
+		if err != nil {
+			return internal(err)
+		}
+		if !mk.member {
 			return nil, nil, nil, &Error{Code: NotMember, Msg: "not a member of the group"}
 		}
-		return g.conv, mk, g.recips, nil
+		h, err := c.head(convKey{m.Group, 0})
+		if err != nil {
+			return internal(err)
+		}
+		recips, err := c.recipients(rec)
+		if err != nil {
+			return internal(err)
+		}
+		return h, mk, recips, nil
 	case m.To != 0 && m.Group == 0:
-		if s.users[m.To] == nil || s.users[m.From] == nil {
+		if !s.userExists(m.To) || !s.userExists(m.From) {
 			return nil, nil, nil, &Error{Code: NotFound, Msg: "unknown user"}
 		}
 		if m.To == m.From {
 			return nil, nil, nil, &Error{Code: BadRequest, Msg: "cannot send to oneself"}
 		}
-		k := directKey(m.From, m.To)
-		cv := s.convs[k]
-		if cv == nil {
-			if cv = c.fresh[k]; cv == nil {
-				cv = newDirect(k)
-				c.fresh[k] = cv
-			}
+		h, err := c.head(directKey(m.From, m.To))
+		if err != nil {
+			return internal(err)
 		}
-		return cv, cv.markOf(m.From), cv.recips, nil
+		return h, nil, h.recips, nil
 	}
 	return nil, nil, nil, &Error{Code: BadRequest, Msg: "exactly one of to and group is required"}
 }
 
-func (c *committer) touchConv(cv *conv) *convEffect {
-	if cv.gen != c.gen {
-		cv.gen = c.gen
-		cv.idx = len(c.convs)
-		c.convs = append(c.convs, convEffect{c: cv, fresh: cv.grp == nil && cv.lastSeq == 0})
+// userExists reports whether uid is a committed user: uids are assigned
+// 1, 2, 3, … by the committer and users are never deleted. REQUIRES: the
+// committer.
+func (s *Store) userExists(uid uint64) bool { return uid != 0 && uid < s.nextUID }
+
+// head returns conversation ck's head, pinned for this unit of work,
+// loading it from the live DB on a miss.
+func (c *committer) head(ck convKey) (*head, error) {
+	k := headKey(ck)
+	e := c.s.cache.pinned(k, c.gen)
+	if e == nil {
+		h, err := loadHead(c.s.db, ck)
+		if err != nil {
+			return nil, err
+		}
+		e = c.s.cache.addPinned(k, h, 0, h.size(), c.gen)
 	}
-	return &c.convs[cv.idx]
+	h := e.v.(*head)
+	h.ent = e
+	return h, nil
 }
 
-func (c *committer) touchMark(mk *mark, uid uint64, k convKey) {
+// groupRec returns the record of group gid (which must be below nextGID).
+func (c *committer) groupRec(gid uint64) (*groupRec, error) {
+	k := groupKey(gid)
+	if e := c.s.cache.pinned(k, c.gen); e != nil {
+		return e.v.(*groupRec), nil
+	}
+	g, err := loadGroup(c.s.db, gid)
+	if err != nil {
+		return nil, err
+	}
+	if g == nil {
+		return nil, fmt.Errorf("%w: group %d (below the next gid) has no record", errCorrupt, gid)
+	}
+	return c.s.cache.addPinned(k, g, 0, g.size(), c.gen).v.(*groupRec), nil
+}
+
+// memberList returns group g's member list from the cache, loading it
+// when load is set; nil when it is not cached (or too large for the
+// cache).
+func (c *committer) memberList(g *groupRec, load bool) (*memberList, error) {
+	size := listSize(int(g.count))
+	if size > c.s.cache.maxList {
+		return nil, nil
+	}
+	k := membersKey(g.id)
+	if e := c.s.cache.pinned(k, c.gen); e != nil {
+		if e.v == nil {
+			return nil, nil // a placeholder: changed by this barrier
+		}
+		return e.v.(*memberList), nil
+	}
+	if !load {
+		return nil, nil
+	}
+	uids, err := loadMembers(c.s.db, g.id, g.count)
+	if err != nil {
+		return nil, err
+	}
+	if uint64(len(uids)) != g.count {
+		return nil, fmt.Errorf("%w: group %d counts %d members, %d found", errCorrupt, g.id, g.count, len(uids))
+	}
+	return c.s.cache.addPinned(k, &memberList{uids}, 0, size, c.gen).v.(*memberList), nil
+}
+
+// recipients returns group g's members, as a shared immutable list.
+func (c *committer) recipients(g *groupRec) ([]uint64, error) {
+	l, err := c.memberList(g, true)
+	if err != nil || l != nil {
+		if l == nil {
+			return nil, err
+		}
+		return l.uids, err
+	}
+	// Too large for the cache: read once per batch.
+	if r, ok := c.bigRecips[g.id]; ok {
+		return r, nil
+	}
+	uids, err := loadMembers(c.s.db, g.id, g.count)
+	if err != nil {
+		return nil, err
+	}
+	c.bigRecips[g.id] = uids
+	return uids, nil
+}
+
+// markOf returns uid's membership of group g and read mark, pinned.
+func (c *committer) markOf(g *groupRec, uid uint64) (*markEnt, error) {
+	k := memberKey(g.id, uid)
+	if e := c.s.cache.pinned(k, c.gen); e != nil {
+		m := e.v.(*markEnt)
+		m.ent = e
+		return m, nil
+	}
+	known := -1
+	l, err := c.memberList(g, false)
+	if err != nil {
+		return nil, err
+	}
+	if l != nil {
+		known = 0
+		if _, ok := slices.BinarySearch(l.uids, uid); ok {
+			known = 1
+		}
+	}
+	m, err := loadMark(c.s.db, g.id, uid, known)
+	if err != nil {
+		return nil, err
+	}
+	e := c.s.cache.addPinned(k, m, 0, markSize, c.gen)
+	m = e.v.(*markEnt)
+	m.ent = e
+	return m, nil
+}
+
+func (c *committer) touchConv(h *head) *convEffect {
+	if h.gen != c.gen {
+		h.gen = c.gen
+		h.idx = len(c.convs)
+		fresh := !h.key.group() && h.lastSeq == 0
+		c.convs = append(c.convs, convEffect{h: h, fresh: fresh})
+		if fresh {
+			// Its first message: both users' conversation sets change.
+			c.changes(convSetKey(h.key.a))
+			c.changes(convSetKey(h.key.b))
+		}
+	}
+	return &c.convs[h.idx]
+}
+
+func (c *committer) touchMark(mk *markEnt, uid, gid uint64) {
 	if mk.gen != c.gen {
 		mk.gen = c.gen
-		c.marks = append(c.marks, markEffect{m: mk, uid: uid, k: k})
+		c.marks = append(c.marks, markEffect{m: mk, uid: uid, gid: gid})
 	}
 }
 
-// entry is a staged key/value pair: key buf[off:off+klen], value after it.
-type entry struct {
+// staged is a staged key/value pair: key buf[off:off+klen], value after it.
+type staged struct {
 	off, klen, vlen uint32
 }
 
@@ -383,7 +587,7 @@ type entry struct {
 func (c *committer) put(klen, vlen int) (k, v []byte) {
 	off := len(c.buf)
 	c.buf = slices.Grow(c.buf, klen+vlen)[:off+klen+vlen]
-	c.ents = append(c.ents, entry{uint32(off), uint32(klen), uint32(vlen)})
+	c.ents = append(c.ents, staged{uint32(off), uint32(klen), uint32(vlen)})
 	return c.buf[off : off+klen], c.buf[off+klen : off+klen+vlen]
 }
 
@@ -394,7 +598,7 @@ func (c *committer) put(klen, vlen int) (k, v []byte) {
 // never repeated within a batch, so the order changes nothing else.
 func (c *committer) fillBatch() {
 	buf := c.buf
-	slices.SortFunc(c.ents, func(x, y entry) int {
+	slices.SortFunc(c.ents, func(x, y staged) int {
 		return bytes.Compare(buf[x.off:x.off+x.klen], buf[y.off:y.off+y.klen])
 	})
 	for _, e := range c.ents {
@@ -416,21 +620,58 @@ func (c *committer) markRead(r *request) {
 		r.err = errInternal
 		return
 	}
-	cv, mk, err := s.access(r.uid, r.conv) // membership is never pending
-	if err != nil {
-		r.err = err
+	fail := func(err error) {
+		s.log.Error("storage: mark read", "err", err, "uid", r.uid, "conv", r.conv)
+		r.err = errInternal
+	}
+	k := r.conv
+	if k.group() {
+		if k.a >= s.nextGID {
+			r.err = &Error{Code: NotFound, Msg: "unknown group"}
+			return
+		}
+		g, err := c.groupRec(k.a)
+		if err != nil {
+			fail(err)
+			return
+		}
+		mk, err := c.markOf(g, r.uid)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if !mk.member {
+			r.err = &Error{Code: NotMember, Msg: "not a member of the group"}
+			return
+		}
+		h, err := c.head(k)
+		if err != nil {
+			fail(err)
+			return
+		}
+		if v := min(r.seq, h.seq); v > mk.head {
+			mk.head = v
+			c.touchMark(mk, r.uid, k.a)
+		}
 		return
 	}
-	if cv == nil {
-		return // a direct conversation without messages: read_seq stays 0
+	if !s.userExists(k.a) || !s.userExists(k.b) {
+		r.err = &Error{Code: NotFound, Msg: "unknown user"}
+		return
 	}
-	if v := min(r.seq, cv.headSeq); v > mk.head {
-		mk.head = v
-		if cv.grp != nil {
-			c.touchMark(mk, r.uid, r.conv)
-		} else {
-			c.touchConv(cv)
-		}
+	if r.uid != k.a && r.uid != k.b {
+		r.err = &Error{Code: NotMember, Msg: "not a participant of the conversation"}
+		return
+	}
+	h, err := c.head(k)
+	if err != nil {
+		fail(err)
+		return
+	}
+	i := h.readIdx(r.uid)
+	if v := min(r.seq, h.seq); v > h.reads[i] {
+		h.reads[i] = v
+		c.touchConv(h)
 	}
 }
 
@@ -440,24 +681,19 @@ func (c *committer) commit() {
 	s := c.s
 	for i := range c.convs {
 		e := &c.convs[i]
-		e.seq, e.ts = e.c.headSeq, e.c.headTS
-		e.reads = [2]uint64{e.c.read[0].head, e.c.read[1].head}
-		c.key = keyConv(c.key[:0], pfxMeta, e.c.key)
+		h := e.h
+		e.seq, e.ts, e.reads = h.seq, h.ts, h.reads
+		c.key = keyConv(c.key[:0], pfxMeta, h.key)
 		vlen := 16
-		if e.c.grp == nil {
+		if !h.key.group() {
 			vlen = 32
 		}
 		k, v := c.put(len(c.key), vlen)
 		copy(k, c.key)
-		putU64(v, e.seq)
-		putU64(v[8:], uint64(e.ts))
-		if e.c.grp == nil {
-			putU64(v[16:], e.reads[0])
-			putU64(v[24:], e.reads[1])
-		}
+		encodeMeta(v, e.seq, e.ts, e.reads)
 		if e.fresh {
-			for _, uid := range e.c.recips {
-				c.key = keyUserConv(c.key[:0], pfxUConv, uid, e.c.key)
+			for _, uid := range h.recips {
+				c.key = keyUserConv(c.key[:0], pfxUConv, uid, h.key)
 				k, _ := c.put(len(c.key), 0)
 				copy(k, c.key)
 			}
@@ -466,7 +702,7 @@ func (c *committer) commit() {
 	for i := range c.marks {
 		e := &c.marks[i]
 		e.v = e.m.head
-		c.key = keyUserConv(c.key[:0], pfxRead, e.uid, e.k)
+		c.key = keyUserConv(c.key[:0], pfxRead, e.uid, convKey{e.gid, 0})
 		k, v := c.put(len(c.key), 8)
 		copy(k, c.key)
 		putU64(v, e.v)
@@ -475,15 +711,21 @@ func (c *committer) commit() {
 
 	var syncDur time.Duration
 	var err error
-	if !c.pb.Empty() {
+	empty := c.pb.Empty()
+	if !empty {
 		syncDur, err = s.commitPebble(c.pb)
+	}
+	var lastSeq uint64
+	if err == nil && !empty {
+		lastSeq = uint64(c.pb.SeqNum()) + uint64(c.pb.Count()) - 1
 	}
 	if err != nil {
 		s.st.commitErrors.Add(1)
 		s.log.Error("storage: commit failed; answering the batch with internal", "err", err, "ops", c.n)
+		// INVARIANT 4: back to the published state.
 		for _, e := range c.convs {
-			e.c.headSeq, e.c.headTS = e.c.lastSeq, e.c.lastTS
-			e.c.read[0].head, e.c.read[1].head = e.c.read[0].pub, e.c.read[1].pub
+			h := e.h
+			h.seq, h.ts, h.reads = h.lastSeq, h.lastTS, h.pubReads
 		}
 		for _, e := range c.marks {
 			e.m.head = e.m.pub
@@ -498,9 +740,26 @@ func (c *committer) commit() {
 				r.err = errInternal
 			}
 		}
-	} else {
-		s.publish(c.fresh, c.convs, c.marks)
+	} else if !empty {
+		s.newSnap(c.gen) // before publishing (INVARIANT 5) and before anyone hears of the batch
+		s.publish(c.gen, c.convs, c.marks)
+		for _, m := range c.sends {
+			if m.Err == nil && !m.Dup {
+				h := s.unflushed.cmidHash(m.CMID)
+				s.unflushed.add(s.unflushed.fp(m.From, h), lastSeq) // unflushed.go INVARIANT
+				if fs := c.senders[m.From]; fs != nil {
+					fs.add(s.unflushed.fp32(h)) // senders.go INVARIANT 6
+				}
+			}
+		}
+		for uid, fs := range c.senders {
+			if sz := fs.size(); sz != fs.accounted {
+				fs.accounted = sz
+				s.cache.resize(ckey{kind: kCMIDs, a: uid}, sz) // the set grew
+			}
+		}
 	}
+	c.endUnit()
 	s.st.batches.Add(1)
 	if s.o.OnCommit != nil {
 		s.o.OnCommit(c.n, time.Since(c.start), syncDur)
@@ -538,11 +797,14 @@ func (c *committer) reset() {
 	clear(c.marks)
 	c.marks = c.marks[:0]
 	clear(c.cmids)
-	clear(c.fresh)
+	clear(c.bigRecips)
+	clear(c.senders)
 	c.n = 0
-	if c.cit != nil {
-		_ = c.cit.Close()
-		c.cit = nil
+	for _, it := range []**pebble.Iterator{&c.cit, &c.dit} {
+		if *it != nil {
+			_ = (*it).Close()
+			*it = nil
+		}
 	}
 	c.ents = c.ents[:0]
 	if cap(c.buf) > 4<<20 {
@@ -558,31 +820,67 @@ func (c *committer) reset() {
 	}
 }
 
-// publish makes a durable batch's effects visible to readers.
-func (s *Store) publish(fresh map[convKey]*conv, convs []convEffect, marks []markEffect) {
-	s.mu.Lock()
-	for k, c := range fresh {
-		s.convs[k] = c
-	}
+// publish makes a durable batch's effects visible to readers (cache.go
+// INVARIANT 2): every key it wrote is stamped with gen and its cached
+// entry, if any, updated.
+func (s *Store) publish(gen uint64, convs []convEffect, marks []markEffect) {
+	ch := s.cache
 	for _, e := range convs {
-		c := e.c
-		if e.fresh {
-			s.users[c.key.a].addDirect(c)
-			s.users[c.key.b].addDirect(c)
-		}
-		c.lastSeq, c.lastTS = e.seq, e.ts
+		h := e.h
+		sh := ch.publishEntry(h.ent, gen) // pinned since the batch touched it
+		h.lastSeq, h.lastTS, h.pubReads = e.seq, e.ts, e.reads
 		if e.last != nil {
-			c.last = e.last.Msg
+			h.last = e.last.Msg
+			if sz := h.size(); sz+entryOverhead != h.ent.size {
+				ch.resizeLocked(sh, h.ent, sz)
+			}
 		}
-		if c.grp == nil {
-			c.read[0].pub, c.read[1].pub = e.reads[0], e.reads[1]
+		sh.mu.Unlock()
+		if e.fresh {
+			for _, uid := range h.recips {
+				s.publishConvSet(gen, uid, h.key, true)
+			}
 		}
 	}
 	for _, e := range marks {
+		sh := ch.publishEntry(e.m.ent, gen) // pinned since the batch touched it
 		e.m.pub = e.v
+		sh.mu.Unlock()
 	}
-	s.mu.Unlock()
 }
+
+// publishConvSet adds k to (or removes it from) uid's cached conversation
+// set. A large set is dropped instead of copied: it is read again when
+// needed.
+func (s *Store) publishConvSet(gen, uid uint64, k convKey, add bool) {
+	ch := s.cache
+	sh, ent := ch.publishLock(convSetKey(uid), gen)
+	defer sh.mu.Unlock()
+	if ent == nil {
+		return
+	}
+	if ent.v == nil {
+		return // a placeholder: endUnit drops it
+	}
+	cs := ent.v.(*convSet)
+	if len(cs.convs) >= copyLimit {
+		ch.removeLocked(sh, ent)
+		return
+	}
+	if add {
+		cs = cs.withConv(k)
+	} else {
+		cs = cs.withoutConv(k)
+	}
+	ent.v = cs
+	ch.resizeLocked(sh, ent, convSetSize(len(cs.convs)))
+}
+
+// copyLimit is the largest cached list (members, conversation set) that a
+// change copies; a larger one is dropped from the cache instead (and read
+// again from Pebble when needed), so that building a large group one join
+// at a time does not copy its member list every time.
+const copyLimit = 4096
 
 // commitPebble commits b durably (see Options.Fsync and noSyncWALFS) and
 // returns the time Pebble waited for the WAL write and sync. A Pebble fatal

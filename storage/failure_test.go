@@ -16,7 +16,9 @@ import (
 // TestCommitFailure injects WAL write errors: the batch's sends are
 // answered with Internal (nothing reported as stored), the store refuses
 // further writes, and what was committed before is intact.
-func TestCommitFailure(t *testing.T) {
+func TestCommitFailure(t *testing.T) { forCaches(t, testCommitFailure) }
+
+func testCommitFailure(t *testing.T) {
 	for _, tc := range []struct {
 		fsync, barrier bool
 	}{{true, false}, {false, false}, {true, true}} {

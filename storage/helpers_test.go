@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"testing"
 )
@@ -19,6 +20,33 @@ type tstore struct {
 
 	mu      sync.Mutex
 	batches [][]Send // copies of every OnSent batch
+}
+
+// cacheModes are the cache sizes the rule tests run with (forCaches): the
+// default; one byte, so that every entry is evicted as soon as it is
+// unpinned, i.e. between any two operations (and lists are never cached:
+// large groups are read from Pebble per batch); and 8 KiB, which keeps a
+// few entries and evicts the rest.
+var cacheModes = []struct {
+	name string
+	size int64
+}{{"default", 0}, {"tiny", 1}, {"small", 8 << 10}}
+
+// forCaches runs fn once per cache mode, as subtests named cache=MODE;
+// every store openT opens inside gets that mode's cache size.
+func forCaches(t *testing.T, fn func(t *testing.T)) {
+	for _, m := range cacheModes {
+		t.Run("cache="+m.name, fn)
+	}
+}
+
+func testCacheSize(t testing.TB) int64 {
+	for _, m := range cacheModes {
+		if strings.Contains(t.Name(), "/cache="+m.name) {
+			return m.size
+		}
+	}
+	return 0
 }
 
 func quietLogger() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
@@ -46,6 +74,10 @@ func openT(t testing.TB, dir string, o Options) *tstore {
 	}
 	if o.Logger == nil {
 		o.Logger = quietLogger()
+	}
+	if o.CacheSize == 0 {
+		o.CacheSize = testCacheSize(t)
+		ts.o.CacheSize = o.CacheSize
 	}
 	s, err := Open(dir, o)
 	if err != nil {

@@ -15,23 +15,33 @@ import (
 // (a, b) with 0 < a < b, a group is (gid, 0). Values are described at their
 // encoders below.
 const (
-	pfxFormat = 0x00 // 0x00 "magpie" → format string
-	pfxUser   = 'u'  // u uid → user record
-	pfxName   = 'n'  // n lower(name) → uid
-	pfxGroup  = 'g'  // g gid → group record
-	pfxMember = 'M'  // M gid uid → empty (group → members)
-	pfxUGroup = 'G'  // G uid gid → empty (user → groups)
-	pfxMeta   = 'v'  // v conv → last seq, last ts [, read seqs of a and b]
-	pfxMsg    = 'm'  // m conv seq → message record
-	pfxCMID   = 'c'  // c from cmid → conv, seq (idempotency index)
-	pfxRead   = 'r'  // r uid conv → read seq (group conversations)
-	pfxUConv  = 'x'  // x uid conv → empty (the user's direct conversations)
-	pfxDemo   = 'D'  // D → gid of the demo lobby
+	pfxFormat   = 0x00 // 0x00 "magpie" → format string; 0x00 "migrate" → migration progress
+	pfxUser     = 'u'  // u uid → user record
+	pfxName     = 'n'  // n lower(name) → uid
+	pfxGroup    = 'g'  // g gid → group record (v2: with owner, public, count)
+	pfxMember   = 'M'  // M gid uid → empty (group → members)
+	pfxUGroup   = 'G'  // G uid gid → empty (user → groups)
+	pfxMeta     = 'v'  // v conv → last seq, last ts [, read seqs of a and b]
+	pfxMsg      = 'm'  // m conv seq → message record
+	pfxCMID     = 'c'  // c from cmid → conv, seq (idempotency index)
+	pfxRead     = 'r'  // r uid conv → read seq (group conversations)
+	pfxUConv    = 'x'  // x uid conv → empty (the user's direct conversations)
+	pfxDemo     = 'D'  // D → gid of the demo lobby
+	pfxLastSeen = 'L'  // L uid → last seen, Unix ms (reserved for PROTOCOL §16; not written yet)
 )
 
-var formatKey = []byte("\x00magpie")
+var (
+	formatKey = []byte("\x00magpie")
+	// migrateKey holds the highest gid whose group record a v1 → v2
+	// migration has rewritten (migrate.go); it exists only while one is
+	// under way.
+	migrateKey = []byte("\x00migrate")
+)
 
-const formatValue = "magpie storage v1"
+const (
+	formatValue   = "magpie storage v2"
+	formatValueV1 = "magpie storage v1"
+)
 
 // convKey identifies a conversation in memory and in keys: a direct
 // conversation is {a, b} with 0 < a < b; a group is {gid, 0}.
@@ -227,14 +237,53 @@ func decodeUser(v []byte, u *User) error {
 	return nil
 }
 
-// Group value: varint created (Unix ms), uvarint creator, name (the rest).
-func encodeGroup(dst []byte, created int64, creator uint64, name string) []byte {
+// Group value (v2): uvarint flags (bit 0: public), varint created (Unix
+// ms), uvarint creator, uvarint owner (0: none), uvarint count (members),
+// name (the rest).
+func encodeGroup(dst []byte, g *groupRec) []byte {
+	var flags uint64
+	if g.public {
+		flags |= 1
+	}
+	dst = binary.AppendUvarint(dst, flags)
+	dst = binary.AppendVarint(dst, g.created)
+	dst = binary.AppendUvarint(dst, g.creator)
+	dst = binary.AppendUvarint(dst, g.owner)
+	dst = binary.AppendUvarint(dst, g.count)
+	return append(dst, g.name...)
+}
+
+func decodeGroup(gid uint64, v []byte) (*groupRec, error) {
+	g := &groupRec{id: gid}
+	flags, n := binary.Uvarint(v)
+	if n <= 0 || flags > 1 {
+		return nil, errCorrupt
+	}
+	g.public = flags&1 != 0
+	v = v[n:]
+	if g.created, n = binary.Varint(v); n <= 0 {
+		return nil, errCorrupt
+	}
+	v = v[n:]
+	for _, f := range []*uint64{&g.creator, &g.owner, &g.count} {
+		if *f, n = binary.Uvarint(v); n <= 0 {
+			return nil, errCorrupt
+		}
+		v = v[n:]
+	}
+	g.name = string(v)
+	return g, nil
+}
+
+// Group value of format v1: varint created (Unix ms), uvarint creator,
+// name (the rest). Read only by the migration.
+func encodeGroupV1(dst []byte, created int64, creator uint64, name string) []byte {
 	dst = binary.AppendVarint(dst, created)
 	dst = binary.AppendUvarint(dst, creator)
 	return append(dst, name...)
 }
 
-func decodeGroup(v []byte) (created int64, creator uint64, name string, err error) {
+func decodeGroupV1(v []byte) (created int64, creator uint64, name string, err error) {
 	created, n := binary.Varint(v)
 	if n <= 0 {
 		return 0, 0, "", errCorrupt
@@ -245,6 +294,16 @@ func decodeGroup(v []byte) (created int64, creator uint64, name string, err erro
 		return 0, 0, "", errCorrupt
 	}
 	return created, creator, string(v[n:]), nil
+}
+
+// encodeMeta fills v (16 bytes for a group, 32 for a direct conversation).
+func encodeMeta(v []byte, seq uint64, ts int64, reads [2]uint64) {
+	putU64(v, seq)
+	putU64(v[8:], uint64(ts))
+	if len(v) == 32 {
+		putU64(v[16:], reads[0])
+		putU64(v[24:], reads[1])
+	}
 }
 
 // Meta value: last seq, last ts (Unix ms), and for a direct conversation

@@ -2,101 +2,166 @@ package storage
 
 import "slices"
 
-// In-memory metadata. Pebble is the source of truth; this is a cache loaded
-// at Open and kept current by the committer.
+// The cached metadata values (cache.go holds them). Pebble is the source
+// of truth; a value is loaded on demand (load.go) and changed only by the
+// committer.
 //
-// # Ownership
+// Values are of two kinds:
 //
-// The committer goroutine is the only writer. Fields are of two kinds:
+//   - mutable ones (head, markEnt) have committer-only fields, which
+//     include the effects of the unit of work being prepared (not durable
+//     yet), and published fields, which describe durable state: the
+//     committer writes those under the entry's shard lock after the unit
+//     is durable, readers copy them under that lock.
+//   - immutable ones (groupRec, memberList, convSet, User) are replaced
+//     whole by the committer when they change (copy on write), so a reader
+//     may keep one after unlocking.
 //
-//   - head fields (headSeq, headTS, mark.head, gen, idx) are touched only by
-//     the committer, without locks. They include the effects of the batch
-//     being prepared, which is not durable yet.
-//   - published fields (everything else) describe durable state. The
-//     committer writes them while holding Store.mu exclusively, after the
-//     batch that produced them is durable; readers hold Store.mu shared.
-//     The committer reads them without the lock (it is the only writer).
-//
-// INVARIANT: outside a batch in preparation, head == published.
 // INVARIANT: a published read mark never exceeds its conversation's
-// published lastSeq.
+// published lastSeq (marks are set to a seq already assigned, or clamped
+// to last_seq).
 
-// user is an account with its conversation sets.
-type user struct {
-	User
-	lname string
-	// groups the user is a member of; guarded by Store.mu.
-	groups map[uint64]*group
-	// directs maps a peer uid to the direct conversation with that peer once
-	// it has a durable message; guarded by Store.mu.
-	directs map[uint64]*conv
-}
-
-// conv is one conversation's metadata.
-type conv struct {
+// head is one conversation's head: last seq, last ts, last message and,
+// for a direct conversation, the read marks of a and b.
+type head struct {
 	key  convKey
-	name string // "d:a:b" or "g:gid"; shared by every Message of the conv
-	grp  *group // nil for a direct conversation
-	// recips is the direct conversation's [a, b]; immutable, shared.
+	name string // "d:a:b" or "g:gid"; shared by every Message of the conversation
+	// recips is the direct conversation's [a, b]; immutable, shared by
+	// every Send to it. nil for a group.
 	recips []uint64
 
-	// head: committer only.
-	headSeq uint64
-	headTS  int64
-	gen     uint64 // batch that last touched it
-	idx     int    // index of its entry in that batch's conv effects
+	// Committer only.
+	seq   uint64
+	ts    int64
+	reads [2]uint64
+	gen   uint64 // unit of work that last touched it
+	idx   int    // its entry in that batch's conv effects
+	ent   *entry // its cache entry, while the committer holds it pinned
 
-	// published: guarded by Store.mu.
+	// Published: guarded by the shard lock.
+	lastSeq  uint64
+	lastTS   int64
+	pubReads [2]uint64
+	last     Message // valid when lastSeq > 0
+}
+
+func newHead(ck convKey, seq uint64, ts int64, reads [2]uint64, last Message) *head {
+	h := &head{key: ck, name: ck.String(), seq: seq, ts: ts, reads: reads, lastSeq: seq, lastTS: ts, pubReads: reads, last: last}
+	if seq > 0 {
+		h.last.Conv = h.name
+	}
+	if !ck.group() {
+		h.recips = []uint64{ck.a, ck.b}
+	}
+	return h
+}
+
+// size is the memory the head holds (besides the entry).
+func (h *head) size() int64 {
+	n := int64(200 + len(h.last.Body) + len(h.last.CMID))
+	if h.last.Kind != "text" {
+		n += int64(len(h.last.Kind))
+	}
+	return n
+}
+
+// readIdx is the index of uid's read mark in a direct conversation (uid
+// must be a participant).
+func (h *head) readIdx(uid uint64) int {
+	if uid == h.key.a {
+		return 0
+	}
+	return 1
+}
+
+// headView is a copy of a head's published fields.
+type headView struct {
 	lastSeq uint64
 	lastTS  int64
-	last    Message // valid when lastSeq > 0
-
-	// read holds the read marks of a and b of a direct conversation.
-	read [2]mark
+	reads   [2]uint64
+	last    Message
 }
 
-// markOf returns uid's read mark in direct conversation c (uid must be a
-// participant).
-func (c *conv) markOf(uid uint64) *mark {
-	if uid == c.key.a {
-		return &c.read[0]
-	}
-	return &c.read[1]
+// markEnt is one user's membership of one group and read mark in it.
+type markEnt struct {
+	// Published: guarded by the shard lock. member changes only in
+	// barriers.
+	member bool
+	pub    uint64
+
+	// Committer only.
+	head uint64
+	gen  uint64 // unit of work that last touched it
+	ent  *entry // its cache entry, while the committer holds it pinned
 }
 
-// mark is one user's read mark in one conversation.
-type mark struct {
-	head uint64 // committer only
-	gen  uint64 // committer only: batch that last touched it
-	pub  uint64 // guarded by Store.mu
-}
+const markSize = 64
 
-// group is a group conversation and its members.
-type group struct {
+// groupRec is a group record (immutable; replaced on change).
+type groupRec struct {
 	id      uint64
 	name    string
 	created int64 // Unix ms
 	creator uint64
-	conv    *conv
-	// members maps a member uid to its read mark; written only by the
-	// committer under Store.mu (membership changes are barriers, so no batch
-	// is ever in flight with a pending membership change).
-	members map[uint64]*mark
-	// recips is the sorted member list: an immutable snapshot replaced on
-	// every membership change and shared by every Send to the group.
-	recips []uint64
+	owner   uint64 // 0: none (the group is empty)
+	public  bool
+	count   uint64 // members
 }
 
-// rebuildRecips replaces the member snapshot. REQUIRES: Store.mu held
-// exclusively, on the committer.
-func (g *group) rebuildRecips() {
-	r := make([]uint64, 0, len(g.members))
-	for uid := range g.members {
-		r = append(r, uid)
+func (g *groupRec) size() int64 { return int64(96 + len(g.name)) }
+
+// memberList is a group's sorted member uids (immutable; replaced on
+// change, and shared by every Send to the group as its Recipients).
+type memberList struct{ uids []uint64 }
+
+func listSize(n int) int64 { return int64(48 + 8*n) }
+
+// convSet is a user's conversations: the groups they are a member of and
+// the direct conversations with at least one message, sorted by convKey
+// (immutable; replaced on change).
+type convSet struct{ convs []convKey }
+
+func convSetSize(n int) int64 { return int64(48 + 16*n) }
+
+func cmpConv(x, y convKey) int {
+	switch {
+	case x.a < y.a:
+		return -1
+	case x.a > y.a:
+		return 1
+	case x.b < y.b:
+		return -1
+	case x.b > y.b:
+		return 1
 	}
-	sortU64(r)
-	g.recips = r
+	return 0
 }
+
+// withConv returns a new set of s plus k.
+func (s *convSet) withConv(k convKey) *convSet {
+	i, found := slices.BinarySearchFunc(s.convs, k, cmpConv)
+	if found {
+		return s
+	}
+	n := make([]convKey, len(s.convs)+1)
+	copy(n, s.convs[:i])
+	n[i] = k
+	copy(n[i+1:], s.convs[i:])
+	return &convSet{n}
+}
+
+// withoutConv returns a new set of s without k.
+func (s *convSet) withoutConv(k convKey) *convSet {
+	i, found := slices.BinarySearchFunc(s.convs, k, cmpConv)
+	if !found {
+		return s
+	}
+	n := make([]convKey, 0, len(s.convs)-1)
+	n = append(n, s.convs[:i]...)
+	return &convSet{append(n, s.convs[i+1:]...)}
+}
+
+func userSize(u *User) int64 { return int64(96 + 2*len(u.Name) + len(u.Hash)) }
 
 // insertSorted returns a new sorted slice of r plus v (r is a shared
 // snapshot: never modified).

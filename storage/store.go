@@ -5,8 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
-	"slices"
 	"strings"
 	"time"
 
@@ -35,6 +33,9 @@ func (o *Options) ensureDefaults() error {
 	if o.MaxBody < 0 {
 		errs = append(errs, fmt.Errorf("storage: MaxBody %d < 0", o.MaxBody))
 	}
+	if o.CacheSize < 0 {
+		errs = append(errs, fmt.Errorf("storage: CacheSize %d < 0", o.CacheSize))
+	}
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
@@ -47,10 +48,37 @@ func (o *Options) ensureDefaults() error {
 	if o.MaxBody == 0 {
 		o.MaxBody = defaultMaxBody
 	}
+	if o.CacheSize == 0 {
+		o.CacheSize = DefaultCacheSize
+	}
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
 	return nil
+}
+
+// pebbleOptions are the Pebble settings of a store (and of the sstables
+// the bulk loader writes).
+func pebbleOptions(fs vfs.FS, o *Options) *pebble.Options {
+	memTableSize := uint64(16 << 20) // measured best of 4–64 MiB (docs/bench/storage.md)
+	if o.memTable != 0 {
+		memTableSize = o.memTable
+	}
+	po := &pebble.Options{
+		FS:                          fs,
+		Logger:                      pebbleLogger{o.Logger},
+		FormatMajorVersion:          pebble.FormatNewest,
+		MemTableSize:                memTableSize,
+		MemTableStopWritesThreshold: 4,
+		L0CompactionThreshold:       4,
+		L0StopWritesThreshold:       24,
+	}
+	for i := range po.Levels {
+		// Most cmid lookups miss: a Bloom filter answers them without
+		// reading data blocks.
+		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
+	}
+	return po
 }
 
 func open(dir string, o Options) (*Store, error) {
@@ -73,277 +101,98 @@ func open(dir string, o Options) (*Store, error) {
 		// crash), not necessarily on disk.
 		fs = noSyncWALFS{fs}
 	}
-	memTableSize := uint64(16 << 20) // measured best of 4–64 MiB (docs/bench/storage.md)
-	if o.memTable != 0 {
-		memTableSize = o.memTable
-	}
-	cache := pebble.NewCache(64 << 20)
-	defer cache.Unref()
-	po := &pebble.Options{
-		FS:                          fs,
-		Cache:                       cache,
-		Logger:                      pebbleLogger{o.Logger},
-		FormatMajorVersion:          pebble.FormatNewest,
-		MemTableSize:                memTableSize,
-		MemTableStopWritesThreshold: 4,
-		L0CompactionThreshold:       4,
-		L0StopWritesThreshold:       24,
-	}
-	for i := range po.Levels {
-		// Most cmid lookups miss: a Bloom filter answers them without
-		// reading data blocks.
-		po.Levels[i].FilterPolicy = bloom.FilterPolicy(10)
-	}
+	po := pebbleOptions(fs, &o)
+	unflushed := newUnflushedCMIDs()
+	po.EventListener = &pebble.EventListener{FlushEnd: unflushed.flushed}
+	bc := pebble.NewCache(blockCacheSize)
+	defer bc.Unref()
+	po.Cache = bc
 	db, err := pebble.Open(dir, po)
 	if err != nil {
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
 	s := &Store{
-		o:       o,
-		log:     o.Logger,
-		db:      db,
-		users:   make(map[uint64]*user),
-		names:   make(map[string]*user),
-		groups:  make(map[uint64]*group),
-		convs:   make(map[convKey]*conv),
-		nextUID: 1,
-		nextGID: 1,
-		q:       make(chan *Send, o.QueueSize),
-		ctl:     make(chan *request, ctlQueueSize),
-		quit:    make(chan struct{}),
-		stopped: make(chan struct{}),
-		seen:    newCMIDSet(o.cmidBits),
+		o:         o,
+		log:       o.Logger,
+		db:        db,
+		cache:     newCache(o.CacheSize),
+		unflushed: unflushed,
+		nextUID:   1,
+		nextGID:   1,
+		q:         make(chan *Send, o.QueueSize),
+		ctl:       make(chan *request, ctlQueueSize),
+		quit:      make(chan struct{}),
+		stopped:   make(chan struct{}),
 	}
-	if err := s.load(); err != nil {
+	if err := s.start(dir); err != nil {
 		_ = db.Close()
-		return nil, fmt.Errorf("storage: load %s: %w", dir, err)
+		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
 	s.c.init(s)
+	s.newSnap(0)
+	s.pubNextUID.Store(s.nextUID)
+	s.pubNextGID.Store(s.nextGID)
 	if !o.noCommit {
 		go s.run()
 	}
 	return s, nil
 }
 
-// load reads the metadata into memory (state.go).
-func (s *Store) load() error {
-	v, closer, err := s.db.Get(formatKey)
+// blockCacheSize is Pebble's block cache (data, index and filter blocks),
+// besides the metadata cache.
+const blockCacheSize = 64 << 20
+
+// start checks (and if needed migrates) the data format and reads the
+// next uid and gid from the last key of their prefix: nothing here grows
+// with the history.
+func (s *Store) start(dir string) error {
+	var format string
+	found, err := getValue(s.db, formatKey, func(v []byte) error {
+		format = string(v)
+		return nil
+	})
+	if err != nil {
+		return err
+	}
 	switch {
-	case errors.Is(err, pebble.ErrNotFound):
+	case !found:
+		// A new store (Pebble refuses a directory it does not know, so
+		// this is an empty one).
 		if err := s.db.Set(formatKey, []byte(formatValue), pebble.Sync); err != nil {
 			return err
 		}
-	case err != nil:
-		return err
-	default:
-		f := string(v)
-		closer.Close()
-		if f != formatValue {
-			return fmt.Errorf("unknown data format %q (want %q)", f, formatValue)
+	case format == formatValueV1:
+		if err := s.migrateV1(dir); err != nil {
+			return fmt.Errorf("migrate from %q to %q: %w", formatValueV1, formatValue, err)
 		}
+	case format != formatValue:
+		return fmt.Errorf("unknown data format %q (want %q)", format, formatValue)
 	}
-
-	if err := s.scan([]byte{pfxUser}, func(k, v []byte) error {
-		if len(k) != 9 {
-			return errCorrupt
-		}
-		u := &user{}
-		u.UID = getU64(k[1:])
-		if err := decodeUser(v, &u.User); err != nil {
-			return err
-		}
-		u.lname = strings.ToLower(u.Name)
-		s.users[u.UID] = u
-		s.names[u.lname] = u
-		s.byUID = append(s.byUID, u) // ascending: keys are big-endian
-		s.nextUID = u.UID + 1
-		return nil
-	}); err != nil {
+	lastUID, err := lastID(s.db, pfxUser)
+	if err != nil {
 		return fmt.Errorf("users: %w", err)
 	}
-
-	if err := s.scan([]byte{pfxGroup}, func(k, v []byte) error {
-		if len(k) != 9 {
-			return errCorrupt
-		}
-		created, creator, name, err := decodeGroup(v)
-		if err != nil {
-			return err
-		}
-		g := newGroup(getU64(k[1:]), name, created, creator)
-		s.groups[g.id] = g
-		s.nextGID = g.id + 1
-		return nil
-	}); err != nil {
+	lastGID, err := lastID(s.db, pfxGroup)
+	if err != nil {
 		return fmt.Errorf("groups: %w", err)
 	}
-
-	if err := s.scan([]byte{pfxMember}, func(k, _ []byte) error {
-		if len(k) != 17 {
-			return errCorrupt
-		}
-		g, u := s.groups[getU64(k[1:])], s.users[getU64(k[9:])]
-		if g == nil || u == nil {
-			return fmt.Errorf("membership %x of unknown group or user", k)
-		}
-		g.members[u.UID] = &mark{}
-		u.joinGroup(g)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("members: %w", err)
+	s.nextUID, s.nextGID = lastUID+1, lastGID+1
+	// Everything before the committer starts is in sstables, so the
+	// unflushed-cmid set starts empty (unflushed.go INVARIANT 5). Pebble
+	// flushed the WAL it replayed; this flushes what was written since
+	// (the format key, a migration). Nothing written: a cheap no-op.
+	if err := s.db.Flush(); err != nil {
+		return fmt.Errorf("flush: %w", err)
 	}
-	for _, g := range s.groups {
-		g.rebuildRecips()
-	}
-
-	// Conversation metadata, checked against the messages themselves: the
-	// last message must exist at last_seq and nothing may follow it.
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxMsg}, UpperBound: []byte{pfxMsg + 1}})
-	if err != nil {
-		return err
-	}
-	defer it.Close()
-	if err := s.scan([]byte{pfxMeta}, func(k, v []byte) error {
-		if len(k) != 1+convLen {
-			return errCorrupt
-		}
-		ck := getConv(k[1:])
-		seq, ts, reads, err := decodeMeta(v, !ck.group())
-		if err != nil {
-			return err
-		}
-		c, err := s.loadConv(ck)
-		if err != nil {
-			return err
-		}
-		if !it.SeekLT(keyMsg(nil, ck, math.MaxUint64)) || !hasConvPrefix(it.Key(), ck) {
-			return fmt.Errorf("conversation %s: meta says last seq %d, no message found", ck, seq)
-		}
-		if got := getU64(it.Key()[1+convLen:]); got != seq {
-			return fmt.Errorf("conversation %s: meta says last seq %d, last message has seq %d", ck, seq, got)
-		}
-		mv, err := it.ValueAndErr()
-		if err != nil {
-			return err
-		}
-		c.last.Conv, c.last.Seq = c.name, seq
-		if err := decodeMsg(mv, &c.last); err != nil {
-			return err
-		}
-		c.lastSeq, c.lastTS = seq, ts
-		c.headSeq, c.headTS = seq, ts
-		for i, r := range reads {
-			if r > seq {
-				return fmt.Errorf("conversation %s: read seq %d above last seq %d", ck, r, seq)
-			}
-			c.read[i].pub, c.read[i].head = r, r
-		}
-		return nil
-	}); err != nil {
-		return fmt.Errorf("conversations: %w", err)
-	}
-	if err := it.Error(); err != nil {
-		return err
-	}
-
-	if err := s.scan([]byte{pfxRead}, func(k, v []byte) error {
-		if len(k) != 9+convLen || len(v) != 8 {
-			return errCorrupt
-		}
-		uid, ck, seq := getU64(k[1:]), getConv(k[9:]), getU64(v)
-		var m *mark
-		var c *conv
-		if g := s.groups[ck.a]; g != nil && ck.group() {
-			m, c = g.members[uid], g.conv
-		}
-		if m == nil {
-			return fmt.Errorf("read mark of uid %d in %s: no such membership", uid, ck)
-		}
-		if seq > c.lastSeq {
-			return fmt.Errorf("read mark of uid %d in %s: %d above last seq %d", uid, ck, seq, c.lastSeq)
-		}
-		m.pub, m.head = seq, seq
-		return nil
-	}); err != nil {
-		return fmt.Errorf("read marks: %w", err)
-	}
-
-	if err := s.scan([]byte{pfxUConv}, func(k, _ []byte) error {
-		if len(k) != 9+convLen {
-			return errCorrupt
-		}
-		uid, ck := getU64(k[1:]), getConv(k[9:])
-		u, c := s.users[uid], s.convs[ck]
-		if u == nil || c == nil || ck.group() || (uid != ck.a && uid != ck.b) || c.lastSeq == 0 {
-			return fmt.Errorf("user conversation %d %s: inconsistent", uid, ck)
-		}
-		u.addDirect(c)
-		return nil
-	}); err != nil {
-		return fmt.Errorf("user conversations: %w", err)
-	}
-
-	// The cmid filter (cmidset.go): every stored (from, cmid) pair.
-	if err := s.loadCMIDs(); err != nil {
-		return fmt.Errorf("cmid index: %w", err)
-	}
-
-	v, closer, err = s.db.Get([]byte{pfxDemo})
-	switch {
-	case errors.Is(err, pebble.ErrNotFound):
-	case err != nil:
-		return err
-	default:
+	if _, err := getValue(s.db, []byte{pfxDemo}, func(v []byte) error {
 		if len(v) == 8 {
 			s.demoGID = getU64(v)
 		}
-		closer.Close()
+		return nil
+	}); err != nil {
+		return err
 	}
 	return nil
-}
-
-// loadCMIDs adds every key of the cmid index to the cmid filter. Only keys
-// are read.
-func (s *Store) loadCMIDs() error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: []byte{pfxCMID}, UpperBound: []byte{pfxCMID + 1}})
-	if err != nil {
-		return err
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		k := it.Key()
-		if len(k) < 9 {
-			it.Close()
-			return errCorrupt
-		}
-		s.seen.add(s.seen.fpBytes(getU64(k[1:]), k[9:]))
-	}
-	s.seen.migrate(len(s.seen.old)) // finish a doubling now, while nothing waits
-	if err := it.Error(); err != nil {
-		it.Close()
-		return err
-	}
-	return it.Close()
-}
-
-// loadConv returns the conversation of ck, creating a direct one.
-func (s *Store) loadConv(ck convKey) (*conv, error) {
-	if ck.group() {
-		g := s.groups[ck.a]
-		if g == nil {
-			return nil, fmt.Errorf("conversation %s: unknown group", ck)
-		}
-		return g.conv, nil
-	}
-	if s.users[ck.a] == nil || s.users[ck.b] == nil || ck.a >= ck.b {
-		return nil, fmt.Errorf("conversation %s: unknown user", ck)
-	}
-	c := newDirect(ck)
-	s.convs[ck] = c
-	return c, nil
-}
-
-func hasConvPrefix(k []byte, ck convKey) bool {
-	return len(k) == msgKeyLen && k[0] == pfxMsg && getConv(k[1:]) == ck
 }
 
 // scan calls fn for every key with prefix p, in key order. k and v are
@@ -371,35 +220,6 @@ func (s *Store) scan(p []byte, fn func(k, v []byte) error) error {
 	return it.Close()
 }
 
-func newGroup(gid uint64, name string, created int64, creator uint64) *group {
-	g := &group{id: gid, name: name, created: created, creator: creator, members: make(map[uint64]*mark)}
-	g.conv = &conv{key: convKey{gid, 0}, name: GroupConv(gid), grp: g}
-	g.recips = []uint64{}
-	return g
-}
-
-func newDirect(ck convKey) *conv {
-	return &conv{key: ck, name: DirectConv(ck.a, ck.b), recips: []uint64{ck.a, ck.b}}
-}
-
-func (u *user) joinGroup(g *group) {
-	if u.groups == nil {
-		u.groups = make(map[uint64]*group)
-	}
-	u.groups[g.id] = g
-}
-
-func (u *user) addDirect(c *conv) {
-	if u.directs == nil {
-		u.directs = make(map[uint64]*conv)
-	}
-	peer := c.key.a
-	if peer == u.UID {
-		peer = c.key.b
-	}
-	u.directs[peer] = c
-}
-
 // nowMs is the clock of stored timestamps.
 func (s *Store) nowMs() int64 {
 	if s.o.clock != nil {
@@ -413,8 +233,6 @@ func getU64(b []byte) uint64 {
 	return uint64(b[0])<<56 | uint64(b[1])<<48 | uint64(b[2])<<40 | uint64(b[3])<<32 |
 		uint64(b[4])<<24 | uint64(b[5])<<16 | uint64(b[6])<<8 | uint64(b[7])
 }
-
-func sortU64(s []uint64) { slices.Sort(s) }
 
 func (s *Store) close() error {
 	s.closeOnce.Do(func() {
@@ -431,6 +249,9 @@ func (s *Store) close() error {
 			s.closeErr = errBroken
 			return
 		}
+		// Readers still running hold their own reference; Pebble reports
+		// a snapshot left open by one as an error here.
+		s.release(s.snap.Load())
 		s.closeErr = s.db.Close()
 	})
 	return s.closeErr
