@@ -580,14 +580,16 @@ func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 	return ConvsPage{Items: items, TotalUnread: total, More: more}, nil
 }
 
-func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN, total uint64, err error) {
+func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN, total, grewTo uint64, err error) {
 	k, ok := parseConvKey(conv)
 	if !ok {
-		return 0, 0, 0, badConv(conv)
+		return 0, 0, 0, 0, badConv(conv)
 	}
-	if err := s.do(&request{kind: reqMarkRead, uid: uid, conv: k, seq: seq}); err != nil {
-		return 0, 0, 0, err
+	req := &request{kind: reqMarkRead, uid: uid, conv: k, seq: seq}
+	if err := s.do(req); err != nil {
+		return 0, 0, 0, 0, err
 	}
+	grewTo = req.grew
 	// The reply reflects the published state after the batch, which may
 	// include later messages or marks: a consistent snapshot no older than
 	// this request.
@@ -595,13 +597,13 @@ func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN,
 	defer r.close()
 	h, read, err := r.access(uid, k, true)
 	if err != nil {
-		return 0, 0, 0, err // membership changed since
+		return 0, 0, 0, 0, err // membership changed since
 	}
 	total, err = r.totalUnread(uid)
 	if err != nil {
-		return 0, 0, 0, r.fail("total unread", err)
+		return 0, 0, 0, 0, r.fail("total unread", err)
 	}
-	return read, unread(h.lastSeq, read), total, nil
+	return read, unread(h.lastSeq, read), total, grewTo, nil
 }
 
 // totalUnread sums unread over every conversation uid is in.
