@@ -336,9 +336,12 @@ func (lp *loop) runPresence(e *entry, budget int) int {
 	for ; e.next < len(e.items) && n < budget; e.next++ {
 		it := e.items[e.next]
 		n++
-		if e.kind == entCall {
+		switch {
+		case it.c.state != stOpen:
+			// closed since: its presence state is gone
+		case e.kind == entCall:
 			e.call(it.c)
-		} else {
+		default:
 			it.c.presMark(e.uids[it.arg])
 		}
 	}
