@@ -114,7 +114,7 @@ const (
 
 // Inbox entry kinds of PROTOCOL §14–§16 (presence.go), numbered apart.
 const (
-	entPresence uint8 = 32 + iota // presence changes: items[i].c subscribes to uids[items[i].arg]
+	entPresence uint8 = 32 + iota // presence changes: items[i].c subscribes to uids[i] (items[i].arg: its index in the connection's list)
 	entCall                       // run call with each item's connection (a worker's result)
 )
 
@@ -145,7 +145,7 @@ type entry struct {
 	b      *batch   // entPush
 	frames [][]byte // entFrames
 	done   func()   // entShutdown: called once every connection is closed
-	uids   []uint64 // entPresence
+	uids   []uint64 // entPresence: one per item
 	call   func(*conn)
 }
 

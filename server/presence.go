@@ -75,7 +75,7 @@ type presUser struct {
 	closedAt int64 // Unix ms of the last close (the last_seen once offline)
 	closedNs int64 // wheel time of that close
 	lastSeen int64 // Unix ms, while offline; 0: not known
-	subs     map[*conn]struct{}
+	subs     map[*conn]int32 // subscribing connections → the index of uid in their connPres.subs (a hint: checked on the loop)
 	grace    wheel.Timer
 }
 
@@ -139,7 +139,7 @@ func (s *Server) stopPresence() {
 // newPresUser returns the presence of uid (not yet in any map).
 // REQUIRES: uid's sessions shard locked.
 func (s *Server) newPresUser(uid uint64) *presUser {
-	pu := &presUser{uid: uid, subs: make(map[*conn]struct{})}
+	pu := &presUser{uid: uid, subs: make(map[*conn]int32)}
 	pu.grace.Init(s.wheel, func() { s.graceFired(pu) })
 	s.pres.users.Add(1)
 	return pu
@@ -271,16 +271,14 @@ func (s *Server) presenceNotifier() {
 			sh := s.sess.shard(pu.uid)
 			sh.mu.Lock()
 			pu.queued = false
-			for c := range pu.subs {
+			for c, idx := range pu.subs {
 				e := byLoop[c.lp]
 				if e == nil {
 					e = &entry{kind: entPresence, items: takeItems()}
 					byLoop[c.lp] = e
 				}
-				if n := len(e.uids); n == 0 || e.uids[n-1] != pu.uid {
-					e.uids = append(e.uids, pu.uid)
-				}
-				e.items = append(e.items, item{c: c, arg: int32(len(e.uids) - 1)})
+				e.uids = append(e.uids, pu.uid)
+				e.items = append(e.items, item{c: c, arg: idx})
 			}
 			sh.mu.Unlock()
 		}
@@ -342,20 +340,24 @@ func (lp *loop) runPresence(e *entry, budget int) int {
 		case e.kind == entCall:
 			e.call(it.c)
 		default:
-			it.c.presMark(e.uids[it.arg])
+			it.c.presMark(e.uids[e.next], it.arg)
 		}
 	}
 	return max(n, 1)
 }
 
-// presMark makes uid pending on c and schedules a push. REQUIRES: owning
-// event loop.
-func (c *conn) presMark(uid uint64) {
+// presMark makes uid pending on c and schedules a push; idx is where
+// uid was in c's list when the mark was made (checked: the list may have
+// been replaced since). REQUIRES: owning event loop.
+func (c *conn) presMark(uid uint64, idx int32) {
 	p := c.pres
 	if c.state != stOpen || p == nil {
 		return
 	}
-	i := p.find(uid)
+	i := int(idx)
+	if i < 0 || i >= len(p.subs) || p.subs[i].uid != uid {
+		i = p.find(uid)
+	}
 	if i < 0 || p.subs[i].pending {
 		return
 	}
@@ -478,15 +480,18 @@ func (c *conn) presenceSub(r *request, rid []byte) {
 	// ascending); every user of the new list starts untold.
 	subs := make([]presSub, 0, len(want))
 	i := 0
-	for _, u := range want {
+	for k, u := range want {
 		for i < len(p.subs) && p.subs[i].uid < u {
 			s.presUnsub(c, p.subs[i].uid)
 			i++
 		}
 		if i < len(p.subs) && p.subs[i].uid == u {
+			if i != k {
+				s.presSubscribe(c, u, int32(k)) // kept, at a new index
+			}
 			i++
 		} else {
-			s.presSubscribe(c, u)
+			s.presSubscribe(c, u, int32(k))
 		}
 		subs = append(subs, presSub{uid: u})
 	}
@@ -570,8 +575,9 @@ func (c *conn) presReply(rid []byte, order, loaded []uint64, vals []int64) {
 	c.presSchedule()
 }
 
-// presSubscribe adds c to uid's subscribers. REQUIRES: c's event loop.
-func (s *Server) presSubscribe(c *conn, uid uint64) {
+// presSubscribe adds c to uid's subscribers (or updates idx, uid's index
+// in c's list, when c subscribes already). REQUIRES: c's event loop.
+func (s *Server) presSubscribe(c *conn, uid uint64, idx int32) {
 	sh := s.sess.shard(uid)
 	sh.mu.Lock()
 	pu := sh.pres[uid]
@@ -585,9 +591,11 @@ func (s *Server) presSubscribe(c *conn, uid uint64) {
 		}
 		sh.pres[uid] = pu
 	}
-	pu.subs[c] = struct{}{}
+	n := len(pu.subs)
+	pu.subs[c] = idx
+	added := len(pu.subs) - n // one map operation, not a lookup and an insert
 	sh.mu.Unlock()
-	s.pres.subs.Add(1)
+	s.pres.subs.Add(int64(added))
 }
 
 // presUnsub removes c from uid's subscribers. REQUIRES: c's event loop.
@@ -595,10 +603,9 @@ func (s *Server) presUnsub(c *conn, uid uint64) {
 	sh := s.sess.shard(uid)
 	sh.mu.Lock()
 	if pu := sh.pres[uid]; pu != nil {
-		if _, ok := pu.subs[c]; ok {
-			delete(pu.subs, c)
-			s.pres.subs.Add(-1)
-		}
+		n := len(pu.subs)
+		delete(pu.subs, c)
+		s.pres.subs.Add(int64(len(pu.subs) - n))
 		s.dropLocked(sh, pu)
 	}
 	sh.mu.Unlock()

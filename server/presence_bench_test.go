@@ -14,8 +14,10 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -39,6 +41,7 @@ var (
 	benchDuration = flag.Duration("presence.duration", 20*time.Second, "BenchmarkPresenceChurn, BenchmarkTypingGroup: measured time (after a warm-up of half as long)")
 	benchMembers  = flag.Int("typing.members", 100, "BenchmarkTypingGroup: group members, all online")
 	benchTypeGap  = flag.Duration("typing.every", 2*time.Second, "BenchmarkTypingGroup: each member sends a typing this often")
+	benchProfile  = flag.String("presence.profile", "", "BenchmarkPresenceChurn, BenchmarkTypingGroup: write a CPU profile of the server over the measured period to this file")
 )
 
 // benchUsers imports n users (no password hashing) and a group of the
@@ -253,7 +256,9 @@ func BenchmarkPresenceChurn(b *testing.B) {
 	time.Sleep(warm) // the scenario's warm-up: churn reaches its steady state
 	m0 := fltMetricsB(b, srv)
 	cpu0, f0, i0, r0, t0 := serverCPU(b, srv.PID()), frames.Load(), items.Load(), reconnects.Load(), time.Now()
+	prof := profileDuring(b, srv)
 	time.Sleep(*benchDuration) // the measured period
+	prof()
 	cpu1, f1, i1, r1, el := serverCPU(b, srv.PID()), frames.Load(), items.Load(), reconnects.Load(), time.Since(t0).Seconds()
 	m1 := fltMetricsB(b, srv)
 	load := loadAvg()
@@ -336,7 +341,9 @@ func BenchmarkTypingGroup(b *testing.B) {
 	time.Sleep(*benchDuration / 2) // warm-up
 	m0 := fltMetricsB(b, srv)
 	cpu0, s0, g0, t0 := serverCPU(b, srv.PID()), sent.Load(), got.Load(), time.Now()
+	prof := profileDuring(b, srv)
 	time.Sleep(*benchDuration)
+	prof()
 	cpu1, s1, g1, el := serverCPU(b, srv.PID()), sent.Load(), got.Load(), time.Since(t0).Seconds()
 	m1 := fltMetricsB(b, srv)
 	load := loadAvg()
@@ -369,10 +376,39 @@ func idleCPU(b *testing.B, pid int) float64 {
 }
 
 // fltStartB starts the server for a benchmark (no race detector in
-// benchmark builds).
+// benchmark builds), with --pprof when a profile is asked for.
 func fltStartB(b *testing.B, dir string, args ...string) *testserver.Server {
 	b.Helper()
+	if *benchProfile != "" {
+		args = append(args, "--pprof")
+	}
 	return fltStart(b, dir, args...)
+}
+
+// profileDuring fetches a CPU profile of the server over the measured
+// period into -presence.profile, when set; wait for the returned func.
+func profileDuring(b *testing.B, srv *testserver.Server) func() {
+	if *benchProfile == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		resp, err := http.Get(fmt.Sprintf("%s/debug/pprof/profile?seconds=%d", srv.HTTPURL(), int(benchDuration.Seconds())))
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer resp.Body.Close()
+		f, err := os.Create(*benchProfile)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer f.Close()
+		_, _ = io.Copy(f, resp.Body)
+	}()
+	return func() { <-done }
 }
 
 // fltMetricsB reads every unlabeled series of /metrics.
