@@ -190,42 +190,9 @@ func (r *request) field(d *decoder, key []byte) error {
 		}
 		r.limit = n
 	case "members":
-		if d.null() {
-			return nil
-		}
-		r.has |= hasMembers
-		if !d.eat('[') {
-			r.bad("members")
-			return d.skip()
-		}
-		d.ws()
-		if d.eat(']') {
-			return nil
-		}
-		for {
-			d.ws()
-			n, ok, err := d.number()
-			if err != nil {
-				return err
-			}
-			if !ok || n <= 0 {
-				r.bad("members")
-			} else if len(r.members) < maxMembersPerCreate {
-				r.members = append(r.members, uint64(n))
-			} else {
-				r.bad("members")
-			}
-			d.ws()
-			if d.eat(',') {
-				continue
-			}
-			if d.eat(']') {
-				return nil
-			}
-			return errSyntax
-		}
+		return r.uintList(d, &r.members, hasMembers, "members", maxMembersPerCreate)
 	case "uids":
-		return r.uidList(d)
+		return r.uintList(d, &r.uids, hasUIDs, "uids", maxPresenceSub)
 	default:
 		return d.skip()
 	}
@@ -235,16 +202,16 @@ func (r *request) field(d *decoder, key []byte) error {
 // maxPresenceSub bounds presence_sub's uids (PROTOCOL §16).
 const maxPresenceSub = 1000
 
-// uidList reads presence_sub's uids: an array of at most maxPresenceSub
-// positive integers; anything else marks the field bad (still skipped
-// with its syntax checked). null counts as absent.
-func (r *request) uidList(d *decoder) error {
+// uintList reads an array of at most most positive integers (members,
+// uids) into *dst; anything else marks the field bad (the value is still
+// skipped with its syntax checked). null counts as absent.
+func (r *request) uintList(d *decoder, dst *[]uint64, bit uint32, name string, most int) error {
 	if d.null() {
 		return nil
 	}
-	r.has |= hasUIDs
+	r.has |= bit
 	if !d.eat('[') {
-		r.bad("uids")
+		r.bad(name)
 		return d.skip()
 	}
 	d.ws()
@@ -257,11 +224,10 @@ func (r *request) uidList(d *decoder) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case !ok || n <= 0 || len(r.uids) >= maxPresenceSub:
-			r.bad("uids")
-		default:
-			r.uids = append(r.uids, uint64(n))
+		if !ok || n <= 0 || len(*dst) >= most {
+			r.bad(name)
+		} else {
+			*dst = append(*dst, uint64(n))
 		}
 		d.ws()
 		if d.eat(',') {

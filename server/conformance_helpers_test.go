@@ -450,26 +450,6 @@ func cfTCPState(t testing.TB, local, remote *net.TCPAddr) (state string, txq, rx
 }
 
 // cfLag measures how late this process's own timers fire while a timing
-// check runs: on a loaded machine the server's timers are delayed alike,
-// so the allowed lateness is 100 ms + cfSlack() + the lag observed here.
-// Stop the monitor with the returned func, which reports the maximum lag.
-func cfLag() func() time.Duration {
-	stop := make(chan struct{})
-	res := make(chan time.Duration, 1)
-	go func() {
-		var max time.Duration
-		for {
-			t0 := time.Now()
-			select {
-			case <-stop:
-				res <- max
-				return
-			case <-time.After(5 * time.Millisecond):
-				if l := time.Since(t0) - 5*time.Millisecond; l > max {
-					max = l
-				}
-			}
-		}
-	}()
-	return func() time.Duration { close(stop); return <-res }
-}
+// check runs (testserver.Lag): the allowed lateness is 100 ms + cfSlack()
+// + the lag observed here.
+func cfLag() func() time.Duration { return testserver.Lag() }

@@ -1,10 +1,6 @@
 package server_test
 
 import (
-	"bufio"
-	"net/http"
-	"strconv"
-	"strings"
 	"testing"
 	"time"
 
@@ -14,21 +10,11 @@ import (
 // fltMetric reads one unlabeled series from the server's /metrics.
 func fltMetric(t testing.TB, srv *testserver.Server, name string) float64 {
 	t.Helper()
-	resp, err := http.Get(srv.HTTPURL() + "/metrics")
+	v, err := testserver.Metric(srv.HTTPURL(), name)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
-		}
-	}
-	t.Fatalf("metric %s not found", name)
-	return 0
+	return v
 }
 
 // fltPresence returns uid's item of a presence frame.

@@ -68,13 +68,13 @@ import (
 // uid (immutable).
 type presUser struct {
 	uid      uint64
-	online   bool  // the state subscribers are told: true from the first connection until the grace expired
-	graced   bool  // the last connection closed; the grace timer is armed
-	queued   bool  // in the notifier's queue
-	loaded   bool  // lastSeen holds the stored value (or a newer one)
-	closedAt int64 // Unix ms of the last close (the last_seen once offline)
-	closedNs int64 // wheel time of that close
-	lastSeen int64 // Unix ms, while offline; 0: not known
+	online   bool            // the state subscribers are told: true from the first connection until the grace expired
+	graced   bool            // the last connection closed; the grace timer is armed
+	queued   bool            // in the notifier's queue
+	loaded   bool            // lastSeen holds the stored value (or a newer one)
+	closedAt int64           // Unix ms of the last close (the last_seen once offline)
+	closedNs int64           // wheel time of that close
+	lastSeen int64           // Unix ms, while offline; 0: not known
 	subs     map[*conn]int32 // subscribing connections → the index of uid in their connPres.subs (a hint: checked on the loop)
 	grace    wheel.Timer
 }

@@ -5,6 +5,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/magpie-im/magpie/internal/testserver"
 )
 
 // Tests of PROTOCOL §16 (presence).
@@ -146,7 +148,7 @@ func TestPresencePushAndGrace(t *testing.T) {
 	// Close b at least a second after that push, so that only the grace
 	// decides when the next one comes.
 	time.Sleep(time.Until(at.Add(time.Second)))
-	lag := cfLag()
+	lag := testserver.Lag()
 	before := time.Now()
 	cb.c.Close()
 	closed := time.Now()
@@ -178,29 +180,6 @@ func slack() time.Duration {
 		return 150 * time.Millisecond
 	}
 	return 80 * time.Millisecond
-}
-
-// cfLag measures how late this process's timers fire meanwhile (see the
-// conformance suite's).
-func cfLag() func() time.Duration {
-	stop := make(chan struct{})
-	res := make(chan time.Duration, 1)
-	go func() {
-		var max time.Duration
-		for {
-			t0 := time.Now()
-			select {
-			case <-stop:
-				res <- max
-				return
-			case <-time.After(5 * time.Millisecond):
-				if l := time.Since(t0) - 5*time.Millisecond; l > max {
-					max = l
-				}
-			}
-		}
-	}()
-	return func() time.Duration { close(stop); return <-res }
 }
 
 // A reconnect within the grace is no change: nothing is pushed.
