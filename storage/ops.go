@@ -343,14 +343,8 @@ func (s *Store) joinGroupOp(b *pebble.Batch, r *request) func(uint64) {
 		r.err = &Error{Code: NotFound, Msg: "unknown user"}
 		return nil
 	}
-	g, err := s.c.groupRec(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	mk, err := s.c.markOf(g, r.uid)
-	if err != nil {
-		r.err = err
+	g, mk := s.membership(r)
+	if r.err != nil {
 		return nil
 	}
 	if mk.member {
@@ -366,19 +360,29 @@ func (s *Store) joinGroupOp(b *pebble.Batch, r *request) func(uint64) {
 	return apply
 }
 
+// membership returns group r.gid's record and r.uid's membership of it
+// (pinned), or sets r.err.
+func (s *Store) membership(r *request) (*groupRec, *markEnt) {
+	g, err := s.c.groupRec(r.gid)
+	if err != nil {
+		r.err = err
+		return nil, nil
+	}
+	mk, err := s.c.markOf(g, r.uid)
+	if err != nil {
+		r.err = err
+		return nil, nil
+	}
+	return g, mk
+}
+
 func (s *Store) leaveGroupOp(b *pebble.Batch, r *request) func(uint64) {
 	if r.gid == 0 || r.gid >= s.nextGID {
 		r.err = &Error{Code: NotFound, Msg: "unknown group"}
 		return nil
 	}
-	g, err := s.c.groupRec(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	mk, err := s.c.markOf(g, r.uid)
-	if err != nil {
-		r.err = err
+	g, mk := s.membership(r)
+	if r.err != nil {
 		return nil
 	}
 	if !mk.member {
