@@ -173,11 +173,13 @@ func (s *Server) presenceSync(uid uint64) {
 		case pu.graced:
 			pu.graced = false // back within the grace: no change
 			pu.grace.Stop()
-			s.dropLocked(sh, pu)
 		case !pu.online:
 			pu.online = true
 			sh.seen[uid] = seenRec{online: true}
 			s.changedLocked(pu)
+		}
+		if pu != nil {
+			s.dropLocked(sh, pu) // kept only while subscribed to
 		}
 		return
 	}
@@ -210,6 +212,7 @@ func (s *Server) graceFired(pu *presUser) {
 	}
 	if len(sh.m[pu.uid]) > 0 {
 		pu.graced = false // a connection came back (its sync is on its way)
+		s.dropLocked(sh, pu)
 		return
 	}
 	if due := pu.closedNs + s.pres.grace; s.wheel.Precise() < due {

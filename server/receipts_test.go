@@ -244,3 +244,42 @@ func TestReceiptsRequest(t *testing.T) {
 	}
 	wantError(t, ca.request(map[string]any{"type": "receipts", "rid": "nc"}), "bad_request", "nc")
 }
+
+// Receipts, typing and presence pushes are not acked, not resent and not
+// stored: with a short --ack-timeout nothing comes again and the
+// connection stays open (an unacked push would be resent, then close
+// 4005), and history and last_seq do not change.
+func TestEphemeralFramesNotAcked(t *testing.T) {
+	ts := startServer(t, func(c *Config) {
+		c.AckTimeout = 100 * time.Millisecond
+		c.AckRetries = 1
+		c.PresenceGrace = 0
+	})
+	a, atok := ts.user("na")
+	b, btok := ts.user("nb")
+	ca, cb := login(t, ts, atok), login(t, ts, btok)
+	conv := dconv(a, b)
+	cb.sendMsg("m1", a, 0)
+	ca.nextOf("msg", conv) // acked by nextOf
+	ca.request(map[string]any{"type": "presence_sub", "rid": "p", "uids": []uint64{b}})
+	cb.request(map[string]any{"type": "presence_sub", "rid": "p", "uids": []uint64{a}})
+	ca.send(map[string]any{"type": "read", "conv": conv, "seq": 1})
+	cb.nextOf("receipt", conv)
+	ca.send(map[string]any{"type": "typing", "conv": conv})
+	cb.nextOf("typing", conv)
+	ca2 := login(t, ts, atok)
+	ca.c.Close() // a keeps ca2: no change for cb
+	ca2.c.Close()
+	cb.nextOf("presence", "") // a offline (grace 0)
+	// Three ack timeouts and more: nothing again, still open.
+	for _, typ := range []string{"receipt", "typing", "presence"} {
+		cb.expectNoType(typ, 150*time.Millisecond)
+	}
+	if m := cb.request(map[string]any{"type": "ping", "rid": "open"}); m["type"] != "pong" {
+		t.Fatalf("ping after the frames: %v", m)
+	}
+	h := cb.request(map[string]any{"type": "history", "rid": "h", "conv": conv})
+	if msgs, _ := h["messages"].([]any); len(msgs) != 1 {
+		t.Fatalf("history %v: want the one message only", h)
+	}
+}
