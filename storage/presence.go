@@ -58,19 +58,9 @@ func (s *Store) Audience(uid uint64, conv string, max int, cachedOnly bool) (Aud
 	}
 	r := s.reader()
 	defer r.close()
-	g, err := r.group(gid)
+	g, err := r.memberOf(gid, uid)
 	if err != nil {
-		return Audience{}, r.fail("group", err)
-	}
-	if g == nil {
-		return Audience{}, &Error{Code: NotFound, Msg: "unknown group"}
-	}
-	member, err := r.isMember(g, uid)
-	if err != nil {
-		return Audience{}, r.fail("membership", err)
-	}
-	if !member {
-		return Audience{}, &Error{Code: NotMember, Msg: "not a member of the group"}
+		return Audience{}, err
 	}
 	a := Audience{Group: true, Count: int(g.count)}
 	if a.Count > max {

@@ -626,25 +626,35 @@ func (r reader) totalUnread(uid uint64) (uint64, error) {
 	return total, err
 }
 
+// memberOf returns group gid's record when uid is a member: NotFound for
+// an unknown group, NotMember for a non-member (PROTOCOL §4).
+func (r reader) memberOf(gid, uid uint64) (*groupRec, error) {
+	g, err := r.group(gid)
+	if err != nil {
+		return nil, r.fail("group", err)
+	}
+	if g == nil {
+		return nil, &Error{Code: NotFound, Msg: "unknown group"}
+	}
+	member, err := r.isMember(g, uid)
+	if err != nil {
+		return nil, r.fail("membership", err)
+	}
+	if !member {
+		return nil, &Error{Code: NotMember, Msg: "not a member of the group"}
+	}
+	return g, nil
+}
+
 func (s *Store) groupMembers(uid, gid, after uint64, limit int) (GroupInfo, error) {
 	if limit < 1 {
 		return GroupInfo{}, &Error{Code: BadRequest, Msg: "limit must be at least 1"}
 	}
 	r := s.reader()
 	defer r.close()
-	g, err := r.group(gid)
+	g, err := r.memberOf(gid, uid)
 	if err != nil {
-		return GroupInfo{}, r.fail("group", err)
-	}
-	if g == nil {
-		return GroupInfo{}, &Error{Code: NotFound, Msg: "unknown group"}
-	}
-	member, err := r.isMember(g, uid)
-	if err != nil {
-		return GroupInfo{}, r.fail("membership", err)
-	}
-	if !member {
-		return GroupInfo{}, &Error{Code: NotMember, Msg: "not a member of the group"}
+		return GroupInfo{}, err
 	}
 	gi := GroupInfo{ID: gid, Name: g.name, Count: int(g.count), Owner: g.owner, Public: g.public, Members: []uint64{}}
 	if l := r.members(gid); l != nil {
