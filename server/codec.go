@@ -27,6 +27,14 @@ const (
 	tGroupMembers
 )
 
+// Request types of PROTOCOL §14–§16 (receipts, typing, presence), numbered
+// apart from the others.
+const (
+	tReceipts uint8 = 64 + iota
+	tTyping
+	tPresenceSub
+)
+
 // Presence bits of request fields.
 const (
 	hasRID uint32 = 1 << iota
@@ -45,6 +53,11 @@ const (
 	hasName
 	hasMembers
 	hasType
+)
+
+// Presence bits of the fields of PROTOCOL §14–§16 requests.
+const (
+	hasUIDs uint32 = 1 << 28
 )
 
 // request is a decoded client frame. Byte-slice fields alias the frame
@@ -70,6 +83,7 @@ type request struct {
 	before   uint64
 	limit    int64
 	members  []uint64
+	uids     []uint64 // presence_sub (PROTOCOL §16)
 	// scratch holds unescaped strings; reused across decodes.
 	scratch []byte
 }
@@ -81,8 +95,8 @@ var errSyntax = errors.New("malformed JSON")
 // r.badField so that the caller can still echo rid/cmid.
 // It allocates nothing once r.scratch and r.members have grown.
 func decodeRequest(p []byte, r *request) error {
-	scratch, members := r.scratch[:0], r.members[:0]
-	*r = request{scratch: scratch, members: members}
+	scratch, members, uids := r.scratch[:0], r.members[:0], r.uids[:0]
+	*r = request{scratch: scratch, members: members, uids: uids}
 	d := decoder{p: p}
 	d.ws()
 	if !d.eat('{') {
@@ -176,44 +190,54 @@ func (r *request) field(d *decoder, key []byte) error {
 		}
 		r.limit = n
 	case "members":
-		if d.null() {
-			return nil
-		}
-		r.has |= hasMembers
-		if !d.eat('[') {
-			r.bad("members")
-			return d.skip()
-		}
-		d.ws()
-		if d.eat(']') {
-			return nil
-		}
-		for {
-			d.ws()
-			n, ok, err := d.number()
-			if err != nil {
-				return err
-			}
-			if !ok || n <= 0 {
-				r.bad("members")
-			} else if len(r.members) < maxMembersPerCreate {
-				r.members = append(r.members, uint64(n))
-			} else {
-				r.bad("members")
-			}
-			d.ws()
-			if d.eat(',') {
-				continue
-			}
-			if d.eat(']') {
-				return nil
-			}
-			return errSyntax
-		}
+		return r.uintList(d, &r.members, hasMembers, "members", maxMembersPerCreate)
+	case "uids":
+		return r.uintList(d, &r.uids, hasUIDs, "uids", maxPresenceSub)
 	default:
 		return d.skip()
 	}
 	return nil
+}
+
+// maxPresenceSub bounds presence_sub's uids (PROTOCOL §16).
+const maxPresenceSub = 1000
+
+// uintList reads an array of at most most positive integers (members,
+// uids) into *dst; anything else marks the field bad (the value is still
+// skipped with its syntax checked). null counts as absent.
+func (r *request) uintList(d *decoder, dst *[]uint64, bit uint32, name string, most int) error {
+	if d.null() {
+		return nil
+	}
+	r.has |= bit
+	if !d.eat('[') {
+		r.bad(name)
+		return d.skip()
+	}
+	d.ws()
+	if d.eat(']') {
+		return nil
+	}
+	for {
+		d.ws()
+		n, ok, err := d.number()
+		if err != nil {
+			return err
+		}
+		if !ok || n <= 0 || len(*dst) >= most {
+			r.bad(name)
+		} else {
+			*dst = append(*dst, uint64(n))
+		}
+		d.ws()
+		if d.eat(',') {
+			continue
+		}
+		if d.eat(']') {
+			return nil
+		}
+		return errSyntax
+	}
 }
 
 // maxMembersPerCreate bounds group_create's member list.
@@ -380,6 +404,19 @@ func typeOf(s []byte) uint8 {
 		return tGroupLeave
 	case "group_members":
 		return tGroupMembers
+	}
+	return typeOfV2(s)
+}
+
+// typeOfV2 returns the type of a PROTOCOL §14–§16 request, or tUnknown.
+func typeOfV2(s []byte) uint8 {
+	switch string(s) {
+	case "receipts":
+		return tReceipts
+	case "typing":
+		return tTyping
+	case "presence_sub":
+		return tPresenceSub
 	}
 	return tUnknown
 }

@@ -42,8 +42,12 @@ type Config struct {
 	WorkQueue     int           // --work-queue; bound of that pool's queue, default 16384
 	Inbox         int           // --inbox; items a loop's inbox holds before the router and workers wait, default 262144
 	CacheSize     int64         // --cache-size; the store's metadata cache in bytes, default storage.DefaultCacheSize (64 MiB)
-	LogLevel      string        // --log-level; default "info"
-	Pprof         bool          // --pprof; default false: serve net/http/pprof under /debug/pprof/ on --http
+	// PROTOCOL §14–§16.
+	ReceiptMembers     int           // --receipt-members; default 100: largest group with receipts and typing (0: none)
+	PresenceGrace      time.Duration // --presence-grace; default 5s: how long a user stays online after their last connection closed
+	PresenceCheckpoint time.Duration // --presence-checkpoint; default 10s: how often changed last_seen values are written to the store
+	LogLevel           string        // --log-level; default "info"
+	Pprof              bool          // --pprof; default false: serve net/http/pprof under /debug/pprof/ on --http
 }
 
 // DefaultConfig returns the defaults of PROTOCOL §12.
@@ -73,6 +77,10 @@ func DefaultConfig() Config {
 		Inbox:         1 << 18,
 		CacheSize:     storage.DefaultCacheSize,
 		LogLevel:      "info",
+
+		ReceiptMembers:     100,
+		PresenceGrace:      5 * time.Second,
+		PresenceCheckpoint: 10 * time.Second,
 	}
 }
 
@@ -110,6 +118,9 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.IntVar(&c.WorkQueue, "work-queue", c.WorkQueue, "queue bound of that pool; a full queue answers rate_limited")
 	fs.IntVar(&c.Inbox, "inbox", c.Inbox, "items (pushes, replies) an event loop's inbox holds before fan-out waits (then sends get rate_limited)")
 	fs.Int64Var(&c.CacheSize, "cache-size", c.CacheSize, "bytes of conversation heads, memberships, users… the store keeps in memory (docs/STORAGE.md)")
+	fs.IntVar(&c.ReceiptMembers, "receipt-members", c.ReceiptMembers, "largest group with read receipts and typing (0: none; direct conversations always have them)")
+	fs.DurationVar(&c.PresenceGrace, "presence-grace", c.PresenceGrace, "a user stays online this long after their last connection closed (a reconnect does not flicker)")
+	fs.DurationVar(&c.PresenceCheckpoint, "presence-checkpoint", c.PresenceCheckpoint, "how often changed last_seen values are written to the store (lost on a crash since the last one)")
 	fs.StringVar(&c.LogLevel, "log-level", c.LogLevel, "debug, info, warn or error")
 	fs.BoolVar(&c.Pprof, "pprof", false, "serve net/http/pprof under /debug/pprof/ on --http (for profiling; keep off in production)")
 	// Errors are returned (the caller prints them once, naming the flag);
@@ -199,6 +210,11 @@ func (c *Config) Validate() error {
 	if c.AckDelay < 0 {
 		bad("ack-delay", fmt.Sprintf("must not be negative, got %v", c.AckDelay))
 	}
+	atLeast("receipt-members", c.ReceiptMembers, 0)
+	if c.PresenceGrace < 0 {
+		bad("presence-grace", fmt.Sprintf("must not be negative, got %v", c.PresenceGrace))
+	}
+	pos("presence-checkpoint", c.PresenceCheckpoint)
 	if c.CacheSize < 1 {
 		bad("cache-size", fmt.Sprintf("must be at least 1, got %d", c.CacheSize))
 	}

@@ -377,6 +377,12 @@ func TestConformanceFlags(t *testing.T) {
 		{"token-ttl", []string{"--token-ttl", "forever"}},
 		{"shutdown-grace", []string{"--shutdown-grace", "-1s"}},
 		{"demo", []string{"--demo=perhaps"}},
+		{"receipt-members", []string{"--receipt-members", "-1"}},
+		{"receipt-members", []string{"--receipt-members", "all"}},
+		{"presence-grace", []string{"--presence-grace", "-1s"}},
+		{"presence-grace", []string{"--presence-grace", "5"}},
+		{"presence-checkpoint", []string{"--presence-checkpoint", "0"}},
+		{"presence-checkpoint", []string{"--presence-checkpoint", "often"}},
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

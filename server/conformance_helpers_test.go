@@ -217,15 +217,25 @@ func (c *cfConn) send(v any) {
 
 func (c *cfConn) nextFrame(within time.Duration) cfFrame {
 	c.t.Helper()
-	f, err := c.Next(within)
-	if err == wstest.ErrClosed {
-		c.t.Fatalf("%sconnection closed (code %d) while waiting for a frame", c.label(), c.closeCode())
+	deadline := time.Now().Add(within)
+	for {
+		f, err := c.Next(time.Until(deadline))
+		if err == wstest.ErrClosed {
+			c.t.Fatalf("%sconnection closed (code %d) while waiting for a frame", c.label(), c.closeCode())
+		}
+		if err != nil {
+			c.t.Fatalf("%s%v", c.label(), err)
+		}
+		if !cfSkipped(f) {
+			return f
+		}
 	}
-	if err != nil {
-		c.t.Fatalf("%s%v", c.label(), err)
-	}
-	return f
 }
+
+// cfSkipped reports a version 2 receipt (§14): the reads these tests make
+// send them to the other members, and the tests of §1–§12 do not look at
+// them (server/receipts_test.go does).
+func cfSkipped(f cfFrame) bool { return f.M["type"] == "receipt" }
 
 func (c *cfConn) label() string {
 	if c.name == "" {
@@ -278,8 +288,15 @@ func cfCheckRID(t testing.TB, m map[string]any, rid string) {
 // does NOT happen).
 func (c *cfConn) quiet(d time.Duration) {
 	c.t.Helper()
-	if f, ok := c.Quiet(d); ok {
-		c.t.Fatalf("%sunexpected frame %s", c.label(), f.Raw)
+	deadline := time.Now().Add(d)
+	for {
+		f, ok := c.Quiet(max(time.Until(deadline), 0))
+		if !ok {
+			return
+		}
+		if !cfSkipped(f) {
+			c.t.Fatalf("%sunexpected frame %s", c.label(), f.Raw)
+		}
 	}
 }
 
@@ -450,26 +467,6 @@ func cfTCPState(t testing.TB, local, remote *net.TCPAddr) (state string, txq, rx
 }
 
 // cfLag measures how late this process's own timers fire while a timing
-// check runs: on a loaded machine the server's timers are delayed alike,
-// so the allowed lateness is 100 ms + cfSlack() + the lag observed here.
-// Stop the monitor with the returned func, which reports the maximum lag.
-func cfLag() func() time.Duration {
-	stop := make(chan struct{})
-	res := make(chan time.Duration, 1)
-	go func() {
-		var max time.Duration
-		for {
-			t0 := time.Now()
-			select {
-			case <-stop:
-				res <- max
-				return
-			case <-time.After(5 * time.Millisecond):
-				if l := time.Since(t0) - 5*time.Millisecond; l > max {
-					max = l
-				}
-			}
-		}
-	}()
-	return func() time.Duration { close(stop); return <-res }
-}
+// check runs (testserver.Lag): the allowed lateness is 100 ms + cfSlack()
+// + the lag observed here.
+func cfLag() func() time.Duration { return testserver.Lag() }

@@ -58,6 +58,8 @@ type conn struct {
 	pend   [][]byte // frames queued for the end of the current loop task
 	tokens float64  // send rate bucket
 	tokAt  int64
+
+	pres *connPres // presence subscription (presence.go); nil until the first presence_sub
 }
 
 // frame handles one complete frame. REQUIRES: owning event loop.
@@ -288,6 +290,12 @@ func (c *conn) text(p []byte) {
 		c.history(r, rid)
 	case tGroupCreate, tGroupJoin, tGroupLeave, tGroupMembers:
 		c.groupOp(r, rid)
+	case tReceipts:
+		c.receipts(r, rid)
+	case tTyping:
+		c.typing(r, rid)
+	case tPresenceSub:
+		c.presenceSub(r, rid)
 	default:
 		c.errorReply(rid, "", storage.BadRequest, "unknown type")
 	}

@@ -216,6 +216,7 @@ func appendConvItem(dst []byte, it *storage.ConvItem) []byte {
 		dst = appendStr(dst, it.Name)
 	} else {
 		dst = appendKeyUint(dst, `,"peer":`, it.Peer)
+		dst = appendKeyUint(dst, `,"peer_read_seq":`, it.PeerReadSeq) // PROTOCOL §14
 	}
 	dst = appendKeyUint(dst, `,"last_seq":`, it.LastSeq)
 	dst = appendKeyUint(dst, `,"read_seq":`, it.ReadSeq)
@@ -266,4 +267,68 @@ func appendGroup(dst, rid []byte, g *storage.GroupInfo, list bool) []byte {
 		dst = strconv.AppendBool(dst, g.More)
 	}
 	return append(dst, '}')
+}
+
+// Frames of PROTOCOL §14–§16: receipts, typing, presence.
+
+// appendReceipt appends a receipt push: uid read conv up to seq.
+func appendReceipt(dst []byte, conv string, uid, seq uint64) []byte {
+	dst = append(dst, `{"type":"receipt","conv":`...)
+	dst = appendStr(dst, conv)
+	dst = appendKeyUint(dst, `,"uid":`, uid)
+	dst = appendKeyUint(dst, `,"seq":`, seq)
+	return append(dst, '}')
+}
+
+// appendReceipts appends the reply to a receipts request.
+func appendReceipts(dst, rid []byte, conv string, items []storage.ReadState) []byte {
+	dst = append(dst, `{"type":"receipts"`...)
+	dst = appendRID(dst, rid)
+	dst = append(dst, `,"conv":`...)
+	dst = appendStr(dst, conv)
+	dst = append(dst, `,"items":[`...)
+	for i, it := range items {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendKeyUint(dst, `{"uid":`, it.UID)
+		dst = appendKeyUint(dst, `,"read_seq":`, it.ReadSeq)
+		dst = append(dst, '}')
+	}
+	return append(dst, `]}`...)
+}
+
+// appendTyping appends a forwarded typing frame.
+func appendTyping(dst []byte, conv string, uid uint64) []byte {
+	dst = append(dst, `{"type":"typing","conv":`...)
+	dst = appendStr(dst, conv)
+	dst = appendKeyUint(dst, `,"uid":`, uid)
+	return append(dst, '}')
+}
+
+// presenceItem is one user's state in a presence frame.
+type presenceItem struct {
+	uid      uint64
+	online   bool
+	lastSeen int64 // Unix ms; 0 while online or when not known
+}
+
+// appendPresence appends a presence frame: the reply to presence_sub (with
+// its rid, when it had one) or a push (rid nil).
+func appendPresence(dst, rid []byte, items []presenceItem) []byte {
+	dst = append(dst, `{"type":"presence"`...)
+	dst = appendRID(dst, rid)
+	dst = append(dst, `,"items":[`...)
+	for i, it := range items {
+		if i > 0 {
+			dst = append(dst, ',')
+		}
+		dst = appendKeyUint(dst, `{"uid":`, it.uid)
+		dst = append(dst, `,"online":`...)
+		dst = strconv.AppendBool(dst, it.online)
+		dst = append(dst, `,"last_seen":`...)
+		dst = strconv.AppendInt(dst, max(it.lastSeen, 0), 10)
+		dst = append(dst, '}')
+	}
+	return append(dst, `]}`...)
 }

@@ -71,6 +71,7 @@ func (h *handler) OnClose(gc gnet.Conn, _ error) gnet.Action {
 		lp.conns[c.idx].idx = c.idx
 		lp.conns[last] = nil
 		lp.conns = lp.conns[:last]
+		c.presClose()
 		if c.uid != 0 {
 			s.offline(c)
 		}

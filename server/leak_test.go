@@ -1,36 +1,25 @@
 package server
 
 import (
-	"bufio"
 	"fmt"
 	"net"
-	"net/http"
 	"runtime"
-	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/magpie-im/magpie/internal/testserver"
 )
 
 // metric reads one unlabeled series from /metrics.
 func (ts *testServer) metric(name string) float64 {
 	ts.t.Helper()
-	resp, err := http.Get("http://" + ts.http + "/metrics")
+	v, err := testserver.Metric("http://"+ts.http, name)
 	if err != nil {
 		ts.t.Fatal(err)
 	}
-	defer resp.Body.Close()
-	sc := bufio.NewScanner(resp.Body)
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if f := strings.Fields(sc.Text()); len(f) == 2 && f[0] == name {
-			v, _ := strconv.ParseFloat(f[1], 64)
-			return v
-		}
-	}
-	ts.t.Fatalf("metric %s not found", name)
-	return 0
+	return v
 }
 
 // TestNoLeakAfter10000Connections opens and closes 10,000 connections

@@ -112,10 +112,17 @@ const (
 	entShutdown              // close every connection with 1001
 )
 
+// Inbox entry kinds of PROTOCOL §14–§16 (presence.go), numbered apart.
+const (
+	entPresence uint8 = 32 + iota // presence changes: items[i].c subscribes to uids[i] (items[i].arg: its index in the connection's list)
+	entCall                       // run call with each item's connection (a worker's result)
+)
+
 // Timers named by an expiry item.
 const (
 	timerIdle int32 = iota
 	timerRetx
+	timerPresence // the connection's presence push (presence.go)
 )
 
 // item is one connection's part of an entry. arg: for entPush, the index
@@ -138,6 +145,8 @@ type entry struct {
 	b      *batch   // entPush
 	frames [][]byte // entFrames
 	done   func()   // entShutdown: called once every connection is closed
+	uids   []uint64 // entPresence: one per item
+	call   func(*conn)
 }
 
 // inbox is the loop's ordered, bounded queue. Every field is guarded by mu
@@ -253,10 +262,22 @@ func (lp *loop) signalLocked() {
 // put appends e to the inbox, waiting while it is full when wait is set.
 // It reports false when the loop is gone (e was dropped, counted).
 // Safe from any goroutine; with wait set, never from an event loop.
-func (lp *loop) put(e entry, wait bool) bool {
+func (lp *loop) put(e entry, wait bool) bool { return lp.enqueue(e, wait, false) }
+
+// offer appends e to the inbox unless it is full or the loop is gone, and
+// reports whether it did; it never waits. For what may be dropped when a
+// loop is overloaded (typing). Safe from any goroutine.
+func (lp *loop) offer(e entry) bool { return lp.enqueue(e, false, true) }
+
+// enqueue is put and offer: refuse drops e when the inbox is full.
+func (lp *loop) enqueue(e entry, wait, refuse bool) bool {
 	ib := &lp.ib
 	n := len(e.items) + 1
 	ib.mu.Lock()
+	if refuse && ib.items > 0 && ib.items+n > ib.limit {
+		ib.mu.Unlock()
+		return false
+	}
 	for wait && !ib.dead && ib.items > 0 && ib.items+n > ib.limit {
 		ib.waits.Add(1)
 		ib.waiters++
@@ -455,10 +476,13 @@ func (lp *loop) run(e *entry, budget int) int {
 		n := 0
 		for ; e.next < len(e.items) && n < budget; e.next++ {
 			it := e.items[e.next]
-			if it.arg == timerIdle {
+			switch it.arg {
+			case timerIdle:
 				it.c.onIdle()
-			} else {
+			case timerRetx:
 				it.c.onRetx()
+			case timerPresence:
+				it.c.onPresenceTimer()
 			}
 			n++
 		}
@@ -469,6 +493,8 @@ func (lp *loop) run(e *entry, budget int) int {
 		}
 		e.next = len(e.items)
 		return 1
+	case entPresence, entCall:
+		return lp.runPresence(e, budget)
 	case entShutdown:
 		for _, c := range append([]*conn(nil), lp.conns...) {
 			switch c.state {

@@ -27,7 +27,13 @@ const sessShards = 64
 type sessShard struct {
 	mu sync.RWMutex
 	m  map[uint64][]*conn
-	_  [32]byte // keep shards' locks off each other's cache lines
+	// Presence (presence.go), under mu: per-user state of the users that
+	// are subscribed to, in their grace period, or changed since the
+	// last checkpoint.
+	pres     map[uint64]*presUser
+	seen     map[uint64]seenRec // last_seen changes for the next checkpoint
+	flushing map[uint64]seenRec // the checkpoint being written
+	_        [32]byte           // keep shards' locks off each other's cache lines
 }
 
 // shard returns uid's shard. Any goroutine.
@@ -38,7 +44,11 @@ func (ss *sessions) shard(uid uint64) *sessShard {
 // init makes the shards' maps. Run, before any connection.
 func (ss *sessions) init() {
 	for i := range ss.shards {
-		ss.shards[i].m = make(map[uint64][]*conn)
+		sh := &ss.shards[i]
+		sh.m = make(map[uint64][]*conn)
+		sh.pres = make(map[uint64]*presUser)
+		sh.seen = make(map[uint64]seenRec)
+		sh.flushing = make(map[uint64]seenRec)
 	}
 }
 
@@ -101,6 +111,7 @@ func (s *Server) online(c *conn) {
 	old, first := s.sess.add(c)
 	if first {
 		s.m.onlineUsers.Inc()
+		s.presenceSync(c.uid)
 	}
 	if old != nil {
 		// Never waits: a loop posts this (into its own inbox, possibly).
@@ -114,6 +125,7 @@ func (s *Server) offline(c *conn) {
 	s.m.onlineConns.Dec()
 	if s.sess.remove(c) {
 		s.m.onlineUsers.Dec()
+		s.presenceSync(c.uid)
 	}
 }
 

@@ -80,6 +80,12 @@ type Server struct {
 	jobs     atomic.Int64 // offloaded requests queued or running (see offload)
 	draining atomic.Bool
 	ready    atomic.Bool
+
+	// PROTOCOL §14–§16.
+	pres  presence       // presence.go
+	typ   typingThrottle // typing.go
+	rcpt  receiptStats   // receipts.go
+	runID int64          // this run's id in the store's last_seen records: its start, Unix ms
 }
 
 // Options are what the binary wires in beside Config.
@@ -163,6 +169,10 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 			func() float64 { return float64(s.wheel.ClockStalls()) }),
 	)
 	defer s.wheel.Stop()
+	s.runID = time.Now().UnixMilli()
+	s.startPresence()
+	defer s.stopPresence()
+	s.registerPresenceMetrics()
 	s.upgrader = wsproto.Upgrader{Path: "/ws", Authorize: s.authorizeURL}
 	if len(cfg.Origins) > 0 {
 		allowed := make(map[string]bool, len(cfg.Origins))
@@ -263,6 +273,12 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 			return errors.New("shutdown grace exceeded while finishing requests")
 		}
 		time.Sleep(time.Millisecond) // polling a counter: shutdown only
+	}
+	// last_seen: everything pending, and every user online now as seen at
+	// the shutdown (PROTOCOL §16), before the store closes.
+	s.stopPresence()
+	if err := s.checkpoint(true); err != nil {
+		s.log.Error("final presence checkpoint", "err", err)
 	}
 	// Commit what was already queued: the store's last OnSent hands its
 	// batch to the router. The barrier returns once the router has put

@@ -23,21 +23,27 @@ func (s *Server) worker() {
 
 // offload runs fn on the worker pool; when the pool is full the request is
 // answered rate_limited. REQUIRES: owning event loop.
-func (s *Server) offload(c *conn, rid string, fn func()) {
+func (s *Server) offload(c *conn, rid string, fn func()) { s.offloadOK(c, rid, fn) }
+
+// offloadOK is offload; it reports whether fn was queued (false: c was
+// answered rate_limited). REQUIRES: owning event loop.
+func (s *Server) offloadOK(c *conn, rid string, fn func()) bool {
 	// Count before checking draining: shutdown sets draining, then waits
 	// for jobs to reach 0 before closing the store.
 	s.jobs.Add(1)
 	if s.draining.Load() {
 		s.jobs.Add(-1)
 		c.errorReply(ridBytes(rid), "", storage.RateLimited, "server shutting down")
-		return
+		return false
 	}
 	select {
 	case s.work <- fn:
+		return true
 	default:
 		s.jobs.Add(-1)
 		s.m.workDropped.Inc()
 		c.errorReply(ridBytes(rid), "", storage.RateLimited, "server busy, retry")
+		return false
 	}
 }
 
@@ -100,12 +106,15 @@ func (c *conn) read(r *request, rid []byte) {
 	uid, conv, seq, ridS := c.uid, string(r.conv), r.seq, string(rid)
 	s := c.lp.srv
 	s.offload(c, ridS, func() {
-		readSeq, unread, total, err := s.store.MarkRead(uid, conv, seq)
+		readSeq, unread, total, grew, err := s.store.MarkReadGrew(uid, conv, seq)
 		if err != nil {
 			s.replyErr(c, ridS, err)
 			return
 		}
 		s.broadcastRead(c, ridS, conv, readSeq, unread, total)
+		if grew > 0 {
+			s.sendReceipt(uid, conv, grew) // PROTOCOL §14
+		}
 	})
 }
 

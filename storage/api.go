@@ -30,6 +30,7 @@ const (
 	TooLarge    Code = "too_large"
 	RateLimited Code = "rate_limited"
 	Internal    Code = "internal"
+	Forbidden   Code = "forbidden"
 )
 
 // Error is a client-visible failure.
@@ -345,6 +346,15 @@ func (s *Store) ConvsPaged(uid uint64, q ConvsQuery) (ConvsPage, error) { return
 // MarkRead sets read_seq = max(read_seq, min(seq, last_seq)) and returns the
 // resulting read_seq, the conversation's unread and the user's total_unread.
 func (s *Store) MarkRead(uid uint64, conv string, seq uint64) (readSeq, unread, total uint64, err error) {
+	readSeq, unread, total, _, err = s.markRead(uid, conv, seq)
+	return readSeq, unread, total, err
+}
+
+// MarkReadGrew is MarkRead that also reports whether this call moved the
+// read mark: grewTo is the read_seq it set, 0 when it left it as it was
+// (the seq of a receipt, PROTOCOL §14; a send moves the sender's mark
+// without one). readSeq, unread and total are MarkRead's.
+func (s *Store) MarkReadGrew(uid uint64, conv string, seq uint64) (readSeq, unread, total, grewTo uint64, err error) {
 	return s.markRead(uid, conv, seq)
 }
 

@@ -31,6 +31,7 @@ const (
 	reqJoinGroup
 	reqLeaveGroup
 	reqDemo
+	reqLastSeen // batched with sends (presence.go)
 )
 
 // request is a blocking operation: its caller waits on done.
@@ -45,16 +46,29 @@ type request struct {
 	members []uint64
 	users   []User
 	demo    map[string][]byte // lower-case name → hash, for missing demo users
+	seen    lastSeenBatch     // reqLastSeen
 
 	// Results, valid after done is closed.
 	err  error
 	id   uint64
 	ids  []uint64
 	info GroupInfo
+	grew uint64 // MarkRead: the read_seq it set; 0 when the mark did not move
 	done chan struct{}
 }
 
-func (r *request) barrier() bool { return r.kind != reqMarkRead }
+// barrier reports whether r runs alone in its own batch; read marks and
+// last_seen checkpoints are batched with sends.
+func (r *request) barrier() bool { return r.kind != reqMarkRead && r.kind != reqLastSeen }
+
+// batched adds a request that is not a barrier to the batch.
+func (c *committer) batched(r *request) {
+	if r.kind == reqLastSeen {
+		c.lastSeen(r)
+		return
+	}
+	c.markRead(r)
+}
 
 // cmidKey is the idempotency key of a send.
 type cmidKey struct {
@@ -184,7 +198,7 @@ func (s *Store) step(m *Send, r *request) {
 	if m != nil {
 		c.send(m)
 	} else {
-		c.markRead(r)
+		c.batched(r)
 	}
 	next := c.fill()
 	c.commit()
@@ -204,7 +218,7 @@ func (c *committer) fill() *request {
 			if r.barrier() {
 				return r
 			}
-			c.markRead(r)
+			c.batched(r)
 		default:
 			return nil
 		}
@@ -651,6 +665,7 @@ func (c *committer) markRead(r *request) {
 		}
 		if v := min(r.seq, h.seq); v > mk.head {
 			mk.head = v
+			r.grew = v
 			c.touchMark(mk, r.uid, k.a)
 		}
 		return
@@ -671,6 +686,7 @@ func (c *committer) markRead(r *request) {
 	i := h.readIdx(r.uid)
 	if v := min(r.seq, h.seq); v > h.reads[i] {
 		h.reads[i] = v
+		r.grew = v
 		c.touchConv(h)
 	}
 }

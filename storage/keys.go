@@ -27,7 +27,7 @@ const (
 	pfxRead     = 'r'  // r uid conv → read seq (group conversations)
 	pfxUConv    = 'x'  // x uid conv → empty (the user's direct conversations)
 	pfxDemo     = 'D'  // D → gid of the demo lobby
-	pfxLastSeen = 'L'  // L uid → last seen, Unix ms (reserved for PROTOCOL §16; not written yet)
+	pfxLastSeen = 'L'  // L uid → last seen (PROTOCOL §16); L 0 run → a run's last checkpoint (presence.go)
 )
 
 var (

@@ -580,14 +580,16 @@ func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 	return ConvsPage{Items: items, TotalUnread: total, More: more}, nil
 }
 
-func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN, total uint64, err error) {
+func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN, total, grewTo uint64, err error) {
 	k, ok := parseConvKey(conv)
 	if !ok {
-		return 0, 0, 0, badConv(conv)
+		return 0, 0, 0, 0, badConv(conv)
 	}
-	if err := s.do(&request{kind: reqMarkRead, uid: uid, conv: k, seq: seq}); err != nil {
-		return 0, 0, 0, err
+	req := &request{kind: reqMarkRead, uid: uid, conv: k, seq: seq}
+	if err := s.do(req); err != nil {
+		return 0, 0, 0, 0, err
 	}
+	grewTo = req.grew
 	// The reply reflects the published state after the batch, which may
 	// include later messages or marks: a consistent snapshot no older than
 	// this request.
@@ -595,13 +597,13 @@ func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN,
 	defer r.close()
 	h, read, err := r.access(uid, k, true)
 	if err != nil {
-		return 0, 0, 0, err // membership changed since
+		return 0, 0, 0, 0, err // membership changed since
 	}
 	total, err = r.totalUnread(uid)
 	if err != nil {
-		return 0, 0, 0, r.fail("total unread", err)
+		return 0, 0, 0, 0, r.fail("total unread", err)
 	}
-	return read, unread(h.lastSeq, read), total, nil
+	return read, unread(h.lastSeq, read), total, grewTo, nil
 }
 
 // totalUnread sums unread over every conversation uid is in.
@@ -624,25 +626,35 @@ func (r reader) totalUnread(uid uint64) (uint64, error) {
 	return total, err
 }
 
+// memberOf returns group gid's record when uid is a member: NotFound for
+// an unknown group, NotMember for a non-member (PROTOCOL §4).
+func (r reader) memberOf(gid, uid uint64) (*groupRec, error) {
+	g, err := r.group(gid)
+	if err != nil {
+		return nil, r.fail("group", err)
+	}
+	if g == nil {
+		return nil, &Error{Code: NotFound, Msg: "unknown group"}
+	}
+	member, err := r.isMember(g, uid)
+	if err != nil {
+		return nil, r.fail("membership", err)
+	}
+	if !member {
+		return nil, &Error{Code: NotMember, Msg: "not a member of the group"}
+	}
+	return g, nil
+}
+
 func (s *Store) groupMembers(uid, gid, after uint64, limit int) (GroupInfo, error) {
 	if limit < 1 {
 		return GroupInfo{}, &Error{Code: BadRequest, Msg: "limit must be at least 1"}
 	}
 	r := s.reader()
 	defer r.close()
-	g, err := r.group(gid)
+	g, err := r.memberOf(gid, uid)
 	if err != nil {
-		return GroupInfo{}, r.fail("group", err)
-	}
-	if g == nil {
-		return GroupInfo{}, &Error{Code: NotFound, Msg: "unknown group"}
-	}
-	member, err := r.isMember(g, uid)
-	if err != nil {
-		return GroupInfo{}, r.fail("membership", err)
-	}
-	if !member {
-		return GroupInfo{}, &Error{Code: NotMember, Msg: "not a member of the group"}
+		return GroupInfo{}, err
 	}
 	gi := GroupInfo{ID: gid, Name: g.name, Count: int(g.count), Owner: g.owner, Public: g.public, Members: []uint64{}}
 	if l := r.members(gid); l != nil {
