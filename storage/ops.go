@@ -234,4 +234,3 @@ func (s *Store) importUsersOp(b *pebble.Batch, r *request) func(uint64) {
 	}
 	return func(uint64) { s.nextUID = next }
 }
-
