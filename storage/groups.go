@@ -44,7 +44,6 @@ type groupTx struct {
 	kb          [32]byte   // key scratch
 	vb          []byte     // value scratch
 	body        []byte     // body scratch
-	recips      [][]uint64 // per send (parallel to sends)
 }
 
 // txMark is a user's membership and read mark after the change.
