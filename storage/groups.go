@@ -38,12 +38,12 @@ type groupTx struct {
 
 	listChanged bool
 	recChanged  bool
-	marks       []txMark   // memberships and read marks, in staging order (the last one of a uid wins)
-	sets        []txSet    // users' conversation sets
-	sends       []*Send    // the system messages, in seq order
-	kb          [32]byte   // key scratch
-	vb          []byte     // value scratch
-	body        []byte     // body scratch
+	marks       []txMark // memberships and read marks, in staging order (the last one of a uid wins)
+	sets        []txSet  // users' conversation sets
+	sends       []*Send  // the system messages, in seq order
+	kb          [32]byte // key scratch
+	vb          []byte   // value scratch
+	body        []byte   // body scratch
 }
 
 // txMark is a user's membership and read mark after the change.
