@@ -27,6 +27,13 @@ const (
 	tGroupMembers
 )
 
+// Frame types of PROTOCOL §13 (groups, version 2).
+const (
+	tGroupAdd uint8 = 0x20 + iota
+	tGroupRemove
+	tGroupRename
+)
+
 // Presence bits of request fields.
 const (
 	hasRID uint32 = 1 << iota
@@ -45,6 +52,7 @@ const (
 	hasName
 	hasMembers
 	hasType
+	hasPublic // PROTOCOL §13
 )
 
 // request is a decoded client frame. Byte-slice fields alias the frame
@@ -69,6 +77,7 @@ type request struct {
 	after    uint64
 	before   uint64
 	limit    int64
+	public   bool // group_create (PROTOCOL §13)
 	members  []uint64
 	// scratch holds unescaped strings; reused across decodes.
 	scratch []byte
@@ -196,10 +205,10 @@ func (r *request) field(d *decoder, key []byte) error {
 			}
 			if !ok || n <= 0 {
 				r.bad("members")
-			} else if len(r.members) < maxMembersPerCreate {
-				r.members = append(r.members, uint64(n))
 			} else {
-				r.bad("members")
+				// Bounded by --max-message (PROTOCOL §13): a uid takes
+				// at least two bytes of the frame.
+				r.members = append(r.members, uint64(n))
 			}
 			d.ws()
 			if d.eat(',') {
@@ -210,14 +219,25 @@ func (r *request) field(d *decoder, key []byte) error {
 			}
 			return errSyntax
 		}
+	// PROTOCOL §13.
+	case "public":
+		if d.null() {
+			return nil
+		}
+		r.has |= hasPublic
+		switch {
+		case d.lit("true") == nil:
+			r.public = true
+		case d.lit("false") == nil:
+		default:
+			r.bad("public")
+			return d.skip()
+		}
 	default:
 		return d.skip()
 	}
 	return nil
 }
-
-// maxMembersPerCreate bounds group_create's member list.
-const maxMembersPerCreate = 10000
 
 func (r *request) strField(d *decoder, dst *[]byte, bit uint32, name string) error {
 	if d.null() {
@@ -380,6 +400,13 @@ func typeOf(s []byte) uint8 {
 		return tGroupLeave
 	case "group_members":
 		return tGroupMembers
+	// PROTOCOL §13.
+	case "group_add":
+		return tGroupAdd
+	case "group_remove":
+		return tGroupRemove
+	case "group_rename":
+		return tGroupRename
 	}
 	return tUnknown
 }

@@ -214,6 +214,7 @@ func appendConvItem(dst []byte, it *storage.ConvItem) []byte {
 		dst = appendKeyUint(dst, `,"group":`, it.Group)
 		dst = append(dst, `,"name":`...)
 		dst = appendStr(dst, it.Name)
+		dst = appendGroupV2(dst, it.Public, it.Owner)
 	} else {
 		dst = appendKeyUint(dst, `,"peer":`, it.Peer)
 	}
@@ -254,6 +255,7 @@ func appendGroup(dst, rid []byte, g *storage.GroupInfo, list bool) []byte {
 	dst = append(dst, `,"name":`...)
 	dst = appendStr(dst, g.Name)
 	dst = appendKeyUint(dst, `,"count":`, uint64(g.Count))
+	dst = appendGroupV2(dst, g.Public, g.Owner)
 	if list {
 		dst = append(dst, `,"members":[`...)
 		for i, u := range g.Members {
@@ -266,4 +268,12 @@ func appendGroup(dst, rid []byte, g *storage.GroupInfo, list bool) []byte {
 		dst = strconv.AppendBool(dst, g.More)
 	}
 	return append(dst, '}')
+}
+
+// appendGroupV2 appends the fields every group reply and every group item
+// of convs carry (PROTOCOL §13).
+func appendGroupV2(dst []byte, public bool, owner uint64) []byte {
+	dst = append(dst, `,"public":`...)
+	dst = strconv.AppendBool(dst, public)
+	return appendKeyUint(dst, `,"owner":`, owner)
 }
