@@ -367,7 +367,9 @@ func fltWait(wg *sync.WaitGroup, d time.Duration) bool {
 // ledger: seqs gapless 1..last; no (from, cmid) twice; no message nobody
 // sent; every sent message present with its conv, seq, ts and body; nothing
 // stored for a cmid whose last reply was rate_limited. It returns the
-// stored messages by (from, cmid).
+// stored messages by (from, cmid), without the system messages of group
+// changes (PROTOCOL §13: kind "system", a "sys:" cmid, in groups only),
+// which it counts.
 func fltVerify(t *testing.T, srv *testserver.Server, led *fltLedger, readers map[string]uint64) map[fltKey]fltMsg {
 	t.Helper()
 	conns := make(map[uint64]*fltConn)
@@ -377,7 +379,7 @@ func fltVerify(t *testing.T, srv *testserver.Server, led *fltLedger, readers map
 		}
 	}()
 	idx := make(map[fltKey]fltMsg)
-	total := 0
+	total, systems := 0, 0
 	for conv, uid := range readers {
 		c := conns[uid]
 		if c == nil {
@@ -393,6 +395,13 @@ func fltVerify(t *testing.T, srv *testserver.Server, led *fltLedger, readers map
 			if m.Seq != uint64(i+1) || m.Conv != conv {
 				t.Errorf("%s: message %d is %s/%d: seqs not gapless from 1", conv, i, m.Conv, m.Seq)
 				break
+			}
+			if m.Kind == "system" {
+				if !strings.HasPrefix(m.CMID, "sys:") || !strings.HasPrefix(conv, "g:") {
+					t.Errorf("%s: system message %s/%d with cmid %q", conv, m.Conv, m.Seq, m.CMID)
+				}
+				systems++
+				continue
 			}
 			k := fltKey{m.From, m.CMID}
 			if prev, dup := idx[k]; dup {
@@ -435,7 +444,7 @@ func fltVerify(t *testing.T, srv *testserver.Server, led *fltLedger, readers map
 			t.Errorf("history has %s/%d with cmid %q of %d that no client sent", m.Conv, m.Seq, m.CMID, m.From)
 		}
 	}
-	t.Logf("verified %d stored messages: %d sent all present; unanswered at the crash: %d stored, %d not", total, sent, unknownStored, unknownLost)
+	t.Logf("verified %d stored messages (%d of them system messages): %d sent all present; unanswered at the crash: %d stored, %d not", total, systems, sent, unknownStored, unknownLost)
 	return idx
 }
 
