@@ -211,28 +211,24 @@ func (c *cache) lookupLocked(s *cshard, k ckey) *entry {
 func newEntry(v any) *entry {
 	switch x := v.(type) {
 	case *head:
-		he := &struct {
-			entry
-			head
-		}{head: *x}
-		he.v = &he.head
-		return &he.entry
+		return boxed(x)
 	case *markEnt:
-		me := &struct {
-			entry
-			markEnt
-		}{markEnt: *x}
-		me.v = &me.markEnt
-		return &me.entry
+		return boxed(x)
 	case *senderFPs:
-		se := &struct {
-			entry
-			senderFPs
-		}{senderFPs: *x}
-		se.v = &se.senderFPs
-		return &se.entry
+		return boxed(x)
 	}
 	return &entry{v: v}
+}
+
+// boxed allocates an entry and a copy of *x together; the entry's v
+// points at the copy.
+func boxed[T any](x *T) *entry {
+	b := &struct {
+		e entry
+		v T
+	}{v: *x}
+	b.e.v = &b.v
+	return &b.e
 }
 
 // addLocked inserts a new entry. REQUIRES: s.mu held, k absent.
@@ -362,17 +358,11 @@ func (c *cache) stats() cstats {
 // placeholder pins k's entry for gen, adding an empty one (v nil) if k is
 // not cached (INVARIANT 1). It reports whether it added one.
 func (c *cache) placeholder(k ckey, gen uint64) bool {
-	h := c.hash(k)
-	s := c.shard(h)
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if e := s.get(k); e != nil {
-		e.pin = gen
-		return false
+	_, added := c.pinOrAdd(k, nil, 0, 0, gen)
+	if added {
+		c.inserts.Add(^uint64(0)) // not a value
 	}
-	c.addLocked(s, k, nil, 0, 0, gen)
-	c.inserts.Add(^uint64(0)) // not a value
-	return true
+	return added
 }
 
 // resize sets the size of k's entry, if cached, to size (committer: its
@@ -415,6 +405,12 @@ func (c *cache) pinned(k ckey, gen uint64) *entry {
 // the published state) pinned for gen, and returns k's entry: an entry a
 // reader inserted meanwhile holds the same published value and wins.
 func (c *cache) addPinned(k ckey, v any, n uint64, size int64, gen uint64) *entry {
+	e, _ := c.pinOrAdd(k, v, n, size, gen)
+	return e
+}
+
+// pinOrAdd pins k's entry for gen, adding one for v if k is not cached.
+func (c *cache) pinOrAdd(k ckey, v any, n uint64, size int64, gen uint64) (*entry, bool) {
 	h := c.hash(k)
 	s := c.shard(h)
 	s.mu.Lock()
@@ -422,9 +418,9 @@ func (c *cache) addPinned(k ckey, v any, n uint64, size int64, gen uint64) *entr
 	if e := s.get(k); e != nil {
 		e.pin = gen
 		s.touch(e)
-		return e
+		return e, false
 	}
-	return c.addLocked(s, k, v, n, size, gen)
+	return c.addLocked(s, k, v, n, size, gen), true
 }
 
 // publishLock stamps k as published at gen (INVARIANT 2) and returns its

@@ -215,17 +215,7 @@ func testCacheStress(t *testing.T) {
 		}()
 	}
 	writers.Add(1)
-	go func() {
-		defer writers.Done()
-		for range rounds / 4 {
-			if _, err := s.JoinGroup(uids[6], g); err != nil {
-				t.Error(err)
-			}
-			if _, err := s.LeaveGroup(uids[6], g); err != nil {
-				t.Error(err)
-			}
-		}
-	}()
+	go s.churn(&writers, uids[6], g, rounds/4)
 	// The owner adds, renames and removes (PROTOCOL §13).
 	writers.Add(1)
 	go func() {
@@ -254,17 +244,11 @@ func testCacheStress(t *testing.T) {
 					return
 				default:
 				}
-				items, total, err := s.Convs(uid)
-				if err != nil {
-					t.Error(err)
+				items := s.convsChecked(uid)
+				if items == nil {
 					return
 				}
-				var sum uint64
 				for _, it := range items {
-					sum += it.Unread
-					if it.ReadSeq > it.LastSeq || it.Unread != it.LastSeq-it.ReadSeq {
-						t.Errorf("item %+v", it)
-					}
 					if p, ok := seen[it.Conv]; ok && (it.LastSeq < p.LastSeq || it.ReadSeq < p.ReadSeq || it.PeerReadSeq < p.PeerReadSeq) {
 						t.Errorf("uid %d %s went back: %+v after %+v", uid, it.Conv, it, p)
 						return
@@ -278,9 +262,6 @@ func testCacheStress(t *testing.T) {
 					if n := len(ms); n > 0 && ms[n-1].Seq < it.LastSeq {
 						t.Errorf("history of %s ends at %d, convs said %d", it.Conv, ms[n-1].Seq, it.LastSeq)
 					}
-				}
-				if sum != total {
-					t.Errorf("total %d, sum %d", total, sum)
 				}
 				if gi, err := s.GroupMembers(uid, g, 0, 100); err != nil || gi.Count != len(gi.Members) && !gi.More {
 					t.Errorf("members %+v %v", gi, err)

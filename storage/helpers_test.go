@@ -226,3 +226,42 @@ func seqs(ms []Message) []uint64 {
 	}
 	return out
 }
+
+// churn makes uid join and leave group g n times (membership churn beside
+// other writers), then calls wg.Done.
+func (ts *tstore) churn(wg *sync.WaitGroup, uid, g uint64, n int) {
+	defer wg.Done()
+	for range n {
+		if _, err := ts.JoinGroup(uid, g); err != nil {
+			ts.t.Error(err)
+		}
+		if _, err := ts.LeaveGroup(uid, g); err != nil {
+			ts.t.Error(err)
+		}
+	}
+}
+
+// convsChecked calls Convs and checks what every reply must hold
+// (read_seq ≤ last_seq, unread = last_seq − read_seq, total = the sum); it
+// returns nil after reporting an error.
+func (ts *tstore) convsChecked(uid uint64) []ConvItem {
+	items, total, err := ts.Convs(uid)
+	if err != nil {
+		ts.t.Error(err)
+		return nil
+	}
+	var sum uint64
+	for _, it := range items {
+		sum += it.Unread
+		if it.ReadSeq > it.LastSeq || it.Unread != it.LastSeq-it.ReadSeq {
+			ts.t.Errorf("item %+v", it)
+		}
+	}
+	if sum != total {
+		ts.t.Errorf("total %d, sum %d", total, sum)
+	}
+	if items == nil {
+		items = []ConvItem{}
+	}
+	return items
+}

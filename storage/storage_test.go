@@ -1048,17 +1048,7 @@ func testConcurrentReadersAndWriters(t *testing.T) {
 		}()
 	}
 	writers.Add(1)
-	go func() { // membership churn
-		defer writers.Done()
-		for range 50 {
-			if _, err := s.JoinGroup(uids[5], g); err != nil {
-				t.Error(err)
-			}
-			if _, err := s.LeaveGroup(uids[5], g); err != nil {
-				t.Error(err)
-			}
-		}
-	}()
+	go s.churn(&writers, uids[5], g, 50)
 	for r := range 3 {
 		readers.Add(1)
 		go func() {
@@ -1070,17 +1060,11 @@ func testConcurrentReadersAndWriters(t *testing.T) {
 					return
 				default:
 				}
-				items, total, err := s.Convs(uid)
-				if err != nil {
-					t.Error(err)
+				items := s.convsChecked(uid)
+				if items == nil {
 					return
 				}
-				var sum uint64
 				for _, it := range items {
-					if it.ReadSeq > it.LastSeq || it.Unread != it.LastSeq-it.ReadSeq {
-						t.Errorf("item %+v", it)
-					}
-					sum += it.Unread
 					ms, _, err := s.History(uid, HistoryQuery{Conv: it.Conv, Limit: 50})
 					if err != nil {
 						t.Error(err)
@@ -1091,9 +1075,6 @@ func testConcurrentReadersAndWriters(t *testing.T) {
 							t.Errorf("history gap in %s", it.Conv)
 						}
 					}
-				}
-				if sum != total {
-					t.Errorf("total %d, sum %d", total, sum)
 				}
 				if _, err := s.GroupMembers(uid, g, 0, 100); err != nil {
 					t.Error(err)
