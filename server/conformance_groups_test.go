@@ -402,7 +402,8 @@ func TestConformanceDemoLobby(t *testing.T) {
 			lobby = it
 		}
 	}
-	if lobby == nil || lobby["public"] != true || cfNum(lobby["owner"]) != alice {
+	// A fresh demo has nothing unread (docs/PROTOCOL.md, Magpie's choices).
+	if lobby == nil || lobby["public"] != true || cfNum(lobby["owner"]) != alice || cfNum(lobby["unread"]) != 0 || cfNum(lobby["last_seq"]) != 1 {
 		t.Fatalf("lobby %v", lobby)
 	}
 	_, dtok := s.user(t, "newcomer")

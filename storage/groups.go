@@ -443,7 +443,7 @@ func (s *Store) createGroupOp(b *pebble.Batch, r *request) func(uint64) {
 			return nil
 		}
 	}
-	tx, err := s.newGroup(b, s.nextGID, r.name, r.uid, r.members, r.public)
+	tx, err := s.newGroup(b, s.nextGID, r.name, r.uid, r.members, r.public, false)
 	if err != nil {
 		r.err = err
 		return nil
@@ -457,8 +457,9 @@ func (s *Store) createGroupOp(b *pebble.Batch, r *request) func(uint64) {
 
 // newGroup stages group gid of creator (its owner) and members, with its
 // "created" message: the creator's read mark is its seq (1), the others'
-// 0 (one unread).
-func (s *Store) newGroup(b *pebble.Batch, gid uint64, name string, creator uint64, members []uint64, public bool) (*groupTx, error) {
+// 0 (one unread) — or 1 too when allRead (the demo lobby, which no
+// user's request makes).
+func (s *Store) newGroup(b *pebble.Batch, gid uint64, name string, creator uint64, members []uint64, public, allRead bool) (*groupTx, error) {
 	all := sortedSet(append([]uint64{creator}, members...))
 	g := &groupRec{id: gid, name: name, created: s.nowMs(), creator: creator, owner: creator, public: public}
 	h, err := s.c.head(convKey{gid, 0})
@@ -467,16 +468,21 @@ func (s *Store) newGroup(b *pebble.Batch, gid uint64, name string, creator uint6
 	}
 	tx := &groupTx{s: s, b: b, g: g, h: h, seq: h.seq, ts: h.ts, isNew: true, recChanged: true}
 	tx.setList(all)
+	tx.body = bodyCreated(tx.body[:0], name, public, len(all))
+	seq, err := tx.message(creator, tx.body, all)
+	if err != nil {
+		return nil, err
+	}
+	mark := seq - 1
+	if allRead {
+		mark = seq
+	}
 	for _, uid := range all {
 		if uid != creator {
-			if err := tx.setMark(uid, true, 0); err != nil {
+			if err := tx.setMark(uid, true, mark); err != nil {
 				return nil, err
 			}
 		}
-	}
-	tx.body = bodyCreated(tx.body[:0], name, public, len(all))
-	if _, err := tx.message(creator, tx.body, all); err != nil {
-		return nil, err
 	}
 	return tx, nil
 }
@@ -701,9 +707,11 @@ var demoNames = []string{"alice", "bob", "carol"}
 const demoGroup = "lobby"
 
 // demoOp creates what is missing of the demo users and the lobby (the
-// group recorded under the D key, public and alice's; it is created once
-// and after that only made public if it is not, and gets missing demo
-// users back, each with a "joined" message).
+// group recorded under the D key, public and alice's; it is created once,
+// with every demo user's read mark at its "created" message, so that a
+// fresh demo shows nothing unread; after that it is only made public if it
+// is not, and gets missing demo users back, each with a "joined"
+// message).
 func (s *Store) demoOp(b *pebble.Batch, r *request) func(uint64) {
 	uids := make([]uint64, len(demoNames))
 	next := s.nextUID
@@ -727,7 +735,7 @@ func (s *Store) demoOp(b *pebble.Batch, r *request) func(uint64) {
 	}
 	if s.demoGID == 0 {
 		gid := s.nextGID
-		tx, err := s.newGroup(b, gid, demoGroup, uids[0], uids, true)
+		tx, err := s.newGroup(b, gid, demoGroup, uids[0], uids, true, true)
 		if err != nil {
 			r.err = err
 			return nil

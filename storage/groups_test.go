@@ -458,7 +458,8 @@ func testGroupChangeCommitFailure(t *testing.T) {
 	s2.wantSystem(c, g, sysCheck{2, a, fmt.Sprintf(`{"event":"added","members":[%d]}`, c), []uint64{a, b, c}})
 }
 
-// TestDemoLobbyPublic: the demo lobby is public and alice's; a lobby from
+// TestDemoLobbyPublic: the demo lobby is public and alice's, its
+// "created" read by every demo user; a lobby from
 // before PROTOCOL §13 (private) becomes public at the next EnsureDemo,
 // without a message; a demo user put back gets a "joined" message.
 func TestDemoLobbyPublic(t *testing.T) { forCaches(t, testDemoLobbyPublic) }
@@ -477,6 +478,10 @@ func testDemoLobbyPublic(t *testing.T) {
 		t.Fatalf("lobby %+v %v", gi, err)
 	}
 	s.wantSystem(alice.UID, 1, sysCheck{1, alice.UID, `{"event":"created","name":"lobby","public":true,"count":3}`, []uint64{alice.UID, bob.UID, carol.UID}})
+	// No user's request put them in: a fresh demo has nothing unread.
+	for _, u := range []User{alice, bob, carol} {
+		s.wantRead(u.UID, 1, 1, 0)
+	}
 	// A lobby made private (as every group was before §13).
 	g, err := loadGroup(s.db, 1)
 	if err != nil || g == nil {
