@@ -92,8 +92,8 @@ type client struct {
 	grp       seqSet // held seqs of the tracked group conv
 	sk        soakClient
 	contig    atomic.Uint64
-	contigAt  atomic.Int64 // unix ns contig last advanced
-	welcomeAt atomic.Int64 // unix ns of the latest welcome
+	contigAt  atomic.Int64  // unix ns contig last advanced
+	welcomeAt atomic.Int64  // unix ns of the latest welcome
 	version   atomic.Uint64 // welcome's protocol version
 	caught    atomic.Bool
 	lostAt    int64 // unix ns the connection was lost (storm)

@@ -340,7 +340,7 @@ func (e *env) fanout() error {
 	if _, err := f.do(workerCmd{Op: "reset"}, time.Minute); err != nil {
 		return err
 	}
-	f.settle() // the set-up's system messages have arrived
+	f.settle()                         // the set-up's system messages have arrived
 	time.Sleep(500 * time.Millisecond) // let the join traffic settle before sampling CPU
 	p0 := f.totals()
 	f.setPhase("fanout")
