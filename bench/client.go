@@ -520,14 +520,7 @@ func (c *client) onSystem(conv []byte, seq uint64, m []byte) {
 	if soak := c.p.soak.Load(); in || !soak {
 		k := &c.sk
 		k.mu.Lock()
-		s := k.convs[string(conv)]
-		if s == nil {
-			if k.convs == nil {
-				k.convs = map[string]*seqSet{}
-			}
-			s = &seqSet{}
-			k.convs[string(conv)] = s
-		}
+		s := k.set(conv)
 		if in {
 			s.fillTo(seq - 1)
 		}

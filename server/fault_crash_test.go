@@ -311,22 +311,7 @@ func fltCrashTest(t *testing.T, fsync bool, rounds int) {
 				s.run(t, srv, round, window, led, ready.Done, &stats[i])
 			}()
 		}
-		if !fltWait(&ready, 30*time.Second) {
-			t.Fatalf("round %d: senders got no sent within 30s\n%s", round, srv.Logs())
-		}
-		if t.Failed() {
-			srv.Kill()
-			wg.Wait()
-			t.FailNow()
-		}
-		// Every sender has had a sent: kill at a random moment in the
-		// next 400 ms, while all of them are sending.
-		delay := time.Duration(rng.Int64N(int64(400 * time.Millisecond)))
-		time.Sleep(delay) // the random crash point itself, not a synchronisation
-		srv.Kill()
-		if !fltWait(&wg, 30*time.Second) {
-			t.Fatalf("round %d: senders did not notice the kill within 30s", round)
-		}
+		delay := fltKillRandomly(t, srv, rng, round, &ready, &wg)
 		written, limited := 0, 0
 		for _, st := range stats {
 			written += st.written
@@ -349,6 +334,29 @@ func fltCrashTest(t *testing.T, fsync bool, rounds int) {
 		}
 	}
 	fltVerify(t, srv, led, readers)
+}
+
+// fltKillRandomly waits until every client of the round had its first
+// reply (ready), kills the server at a random moment in the next 400 ms,
+// while all of them are busy, and waits for the clients (wg) to notice.
+// It returns the delay.
+func fltKillRandomly(t *testing.T, srv *testserver.Server, rng *rand.Rand, round int, ready, wg *sync.WaitGroup) time.Duration {
+	t.Helper()
+	if !fltWait(ready, 30*time.Second) {
+		t.Fatalf("round %d: clients got no reply within 30s\n%s", round, srv.Logs())
+	}
+	if t.Failed() {
+		srv.Kill()
+		wg.Wait()
+		t.FailNow()
+	}
+	delay := time.Duration(rng.Int64N(int64(400 * time.Millisecond)))
+	time.Sleep(delay) // the random crash point itself, not a synchronisation
+	srv.Kill()
+	if !fltWait(wg, 30*time.Second) {
+		t.Fatalf("round %d: clients did not notice the kill within 30s", round)
+	}
+	return delay
 }
 
 // fltWait waits for wg up to d and reports whether it finished.

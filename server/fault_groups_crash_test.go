@@ -166,20 +166,7 @@ func fltGroupCrashTest(t *testing.T, fsync bool, rounds int) {
 				a.run(t, srv, gid, round, ready.Done)
 			}()
 		}
-		if !fltWait(&ready, 30*time.Second) {
-			t.Fatalf("round %d: no replies within 30s\n%s", round, srv.Logs())
-		}
-		if t.Failed() {
-			srv.Kill()
-			wg.Wait()
-			t.FailNow()
-		}
-		delay := time.Duration(rng.Int64N(int64(400 * time.Millisecond)))
-		time.Sleep(delay) // the random crash point itself, not a synchronisation
-		srv.Kill()
-		if !fltWait(&wg, 30*time.Second) {
-			t.Fatalf("round %d: clients did not notice the kill within 30s", round)
-		}
+		delay := fltKillRandomly(t, srv, rng, round, &ready, &wg)
 		changes := 0
 		for _, a := range actors {
 			changes += a.acked

@@ -487,33 +487,51 @@ func (s *Store) newGroup(b *pebble.Batch, gid uint64, name string, creator uint6
 	return tx, nil
 }
 
-func (s *Store) joinGroupOp(b *pebble.Batch, r *request) func(uint64) {
+// groupChange runs change on a groupTx of group r.gid, after the checks
+// every request on an existing group starts with, in PROTOCOL §13's
+// order: invalid (the request's fields, checked by the caller), the group
+// (NotFound), and, when member is set, the requester's membership
+// (NotMember). A change that leaves the tx untouched stores nothing.
+func (s *Store) groupChange(b *pebble.Batch, r *request, invalid *Error, member bool, change func(tx *groupTx) error) func(uint64) {
+	if invalid != nil {
+		r.err = invalid
+		return nil
+	}
 	g, err := s.groupOf(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
+	if err == nil {
+		var tx *groupTx
+		if tx, err = s.openGroup(b, g); err == nil {
+			if member && !tx.isMember(r.uid) {
+				err = errNotMember
+			} else if err = change(tx); err == nil {
+				return tx.done(r, false)
+			}
+		}
 	}
-	if !s.userExists(r.uid) {
-		r.err = &Error{Code: NotFound, Msg: "unknown user"}
-		return nil
+	r.err = err
+	return nil
+}
+
+// ownerOnly is the owner check of group_remove and group_rename.
+func (tx *groupTx) ownerOnly(uid uint64) error {
+	if tx.g.owner != uid {
+		return errNotOwner
 	}
-	tx, err := s.openGroup(b, g)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	if tx.isMember(r.uid) {
-		return tx.done(r, false) // joining twice: answered like the first time
-	}
-	if !g.public {
-		r.err = &Error{Code: Forbidden, Msg: "the group is private: a member must add you"}
-		return nil
-	}
-	if err := tx.join(r.uid); err != nil {
-		r.err = err
-		return nil
-	}
-	return tx.done(r, false)
+	return nil
+}
+
+func (s *Store) joinGroupOp(b *pebble.Batch, r *request) func(uint64) {
+	return s.groupChange(b, r, nil, false, func(tx *groupTx) error {
+		switch {
+		case !s.userExists(r.uid):
+			return &Error{Code: NotFound, Msg: "unknown user"}
+		case tx.isMember(r.uid):
+			return nil // joining twice: answered like the first time
+		case !tx.g.public:
+			return &Error{Code: Forbidden, Msg: "the group is private: a member must add you"}
+		}
+		return tx.join(r.uid)
+	})
 }
 
 // join stages uid (not a member) joining: "joined", from uid, whose read
@@ -529,177 +547,95 @@ func (tx *groupTx) join(uid uint64) error {
 }
 
 func (s *Store) leaveGroupOp(b *pebble.Batch, r *request) func(uint64) {
-	g, err := s.groupOf(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	tx, err := s.openGroup(b, g)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	if !tx.isMember(r.uid) {
-		r.err = errNotMember
-		return nil
-	}
-	before := tx.list // the recipients: the members after, and the leaver
-	tx.setList(removeSorted(tx.list, r.uid))
-	ownerLeft := g.owner == r.uid
-	if ownerLeft {
-		// The remaining member with the lowest uid owns the group; none: 0.
-		rec := tx.record()
-		rec.owner = 0
-		if len(tx.list) > 0 {
-			rec.owner = tx.list[0]
+	return s.groupChange(b, r, nil, true, func(tx *groupTx) error {
+		before := tx.list // the recipients: the members after, and the leaver
+		tx.setList(removeSorted(tx.list, r.uid))
+		ownerLeft := tx.g.owner == r.uid
+		if ownerLeft {
+			// The remaining member with the lowest uid owns the group; none: 0.
+			rec := tx.record()
+			rec.owner = 0
+			if len(tx.list) > 0 {
+				rec.owner = tx.list[0]
+			}
 		}
-	}
-	if err := tx.setMark(r.uid, false, 0); err != nil {
-		r.err = err
-		return nil
-	}
-	tx.body = bodyLeft(tx.body[:0], ownerLeft, tx.g.owner)
-	if _, err := tx.message(r.uid, tx.body, before); err != nil {
-		r.err = err
-		return nil
-	}
-	return tx.done(r, false)
+		if err := tx.setMark(r.uid, false, 0); err != nil {
+			return err
+		}
+		tx.body = bodyLeft(tx.body[:0], ownerLeft, tx.g.owner)
+		_, err := tx.message(r.uid, tx.body, before)
+		return err
+	})
 }
 
 func (s *Store) addMembersOp(b *pebble.Batch, r *request) func(uint64) {
-	if e := validMemberList(r.members); e != nil {
-		r.err = e
-		return nil
-	}
-	g, err := s.groupOf(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	tx, err := s.openGroup(b, g)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	if !tx.isMember(r.uid) {
-		r.err = errNotMember
-		return nil
-	}
-	for _, uid := range r.members {
-		if !s.userExists(uid) {
-			r.err = &Error{Code: NotFound, Msg: fmt.Sprintf("unknown user %d", uid)}
-			return nil
-		}
-	}
-	var added []uint64
-	for _, uid := range sortedSet(r.members) {
-		if !tx.isMember(uid) {
-			added = append(added, uid)
-		}
-	}
-	if len(added) == 0 {
-		return tx.done(r, false)
-	}
-	tx.setList(merged(tx.list, added))
-	tx.body = bodyMembers(tx.body[:0], "added", added)
-	seq, err := tx.message(r.uid, tx.body, tx.list)
-	if err == nil {
-		for _, uid := range added {
-			if err = tx.setMark(uid, true, seq-1); err != nil {
-				break
+	return s.groupChange(b, r, validMemberList(r.members), true, func(tx *groupTx) error {
+		for _, uid := range r.members {
+			if !s.userExists(uid) {
+				return &Error{Code: NotFound, Msg: fmt.Sprintf("unknown user %d", uid)}
 			}
 		}
-	}
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	return tx.done(r, false)
+		var added []uint64
+		for _, uid := range sortedSet(r.members) {
+			if !tx.isMember(uid) {
+				added = append(added, uid)
+			}
+		}
+		if len(added) == 0 {
+			return nil
+		}
+		tx.setList(merged(tx.list, added))
+		tx.body = bodyMembers(tx.body[:0], "added", added)
+		seq, err := tx.message(r.uid, tx.body, tx.list)
+		for _, uid := range added {
+			if err == nil {
+				err = tx.setMark(uid, true, seq-1)
+			}
+		}
+		return err
+	})
 }
 
 func (s *Store) removeMembersOp(b *pebble.Batch, r *request) func(uint64) {
-	if e := validMemberList(r.members); e != nil {
-		r.err = e
-		return nil
-	}
-	g, err := s.groupOf(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	tx, err := s.openGroup(b, g)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	switch {
-	case !tx.isMember(r.uid):
-		r.err = errNotMember
-		return nil
-	case g.owner != r.uid:
-		r.err = errNotOwner
-		return nil
-	case slices.Contains(r.members, r.uid):
-		r.err = &Error{Code: BadRequest, Msg: "the owner cannot remove themselves: leave the group instead"}
-		return nil
-	}
-	var removed []uint64
-	for _, uid := range sortedSet(r.members) {
-		if tx.isMember(uid) {
-			removed = append(removed, uid)
+	return s.groupChange(b, r, validMemberList(r.members), true, func(tx *groupTx) error {
+		if err := tx.ownerOnly(r.uid); err != nil {
+			return err
 		}
-	}
-	if len(removed) == 0 {
-		return tx.done(r, false)
-	}
-	before := tx.list // the recipients: the members after, and the removed
-	tx.setList(without(tx.list, removed))
-	for _, uid := range removed {
-		if err := tx.setMark(uid, false, 0); err != nil {
-			r.err = err
+		if slices.Contains(r.members, r.uid) {
+			return &Error{Code: BadRequest, Msg: "the owner cannot remove themselves: leave the group instead"}
+		}
+		var removed []uint64
+		for _, uid := range sortedSet(r.members) {
+			if tx.isMember(uid) {
+				removed = append(removed, uid)
+			}
+		}
+		if len(removed) == 0 {
 			return nil
 		}
-	}
-	tx.body = bodyMembers(tx.body[:0], "removed", removed)
-	if _, err := tx.message(r.uid, tx.body, before); err != nil {
-		r.err = err
-		return nil
-	}
-	return tx.done(r, false)
+		before := tx.list // the recipients: the members after, and the removed
+		tx.setList(without(tx.list, removed))
+		for _, uid := range removed {
+			if err := tx.setMark(uid, false, 0); err != nil {
+				return err
+			}
+		}
+		tx.body = bodyMembers(tx.body[:0], "removed", removed)
+		_, err := tx.message(r.uid, tx.body, before)
+		return err
+	})
 }
 
 func (s *Store) renameGroupOp(b *pebble.Batch, r *request) func(uint64) {
-	if e := validGroupName(r.name); e != nil {
-		r.err = e
-		return nil
-	}
-	g, err := s.groupOf(r.gid)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	tx, err := s.openGroup(b, g)
-	if err != nil {
-		r.err = err
-		return nil
-	}
-	switch {
-	case !tx.isMember(r.uid):
-		r.err = errNotMember
-		return nil
-	case g.owner != r.uid:
-		r.err = errNotOwner
-		return nil
-	case g.name == r.name:
-		return tx.done(r, false)
-	}
-	tx.record().name = r.name
-	tx.body = bodyRenamed(tx.body[:0], r.name)
-	if _, err := tx.message(r.uid, tx.body, tx.list); err != nil {
-		r.err = err
-		return nil
-	}
-	return tx.done(r, false)
+	return s.groupChange(b, r, validGroupName(r.name), true, func(tx *groupTx) error {
+		if err := tx.ownerOnly(r.uid); err != nil || tx.g.name == r.name {
+			return err
+		}
+		tx.record().name = r.name
+		tx.body = bodyRenamed(tx.body[:0], r.name)
+		_, err := tx.message(r.uid, tx.body, tx.list)
+		return err
+	})
 }
 
 var demoNames = []string{"alice", "bob", "carol"}

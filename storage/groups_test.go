@@ -4,11 +4,7 @@ import (
 	"fmt"
 	"slices"
 	"strings"
-	"sync/atomic"
 	"testing"
-
-	"github.com/cockroachdb/pebble/v2/vfs"
-	"github.com/cockroachdb/pebble/v2/vfs/errorfs"
 )
 
 // Tests of PROTOCOL §13 in the store: every membership or name change is a
@@ -411,16 +407,9 @@ func testGroupRename(t *testing.T) {
 func TestGroupChangeCommitFailure(t *testing.T) { forCaches(t, testGroupChangeCommitFailure) }
 
 func testGroupChangeCommitFailure(t *testing.T) {
-	var failing atomic.Bool
-	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
-		if failing.Load() && strings.HasSuffix(op.Path, ".log") &&
-			(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) {
-			return errorfs.ErrInjected
-		}
-		return nil
-	})
+	failing, fs := walFailFS()
 	dir := t.TempDir()
-	s := openT(t, dir, Options{Fsync: true, fs: errorfs.Wrap(vfs.Default, inj)})
+	s := openT(t, dir, Options{Fsync: true, fs: fs})
 	a, b, c := s.user("a"), s.user("b"), s.user("c")
 	g := s.group(a, "g", b)
 	n := len(s.systems())
