@@ -8,7 +8,9 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -500,8 +502,10 @@ func (e *env) inproc(idx int) (*pool, *client, error) {
 	return p, c, nil
 }
 
+// createGroup creates a public group (PROTOCOL §13: members may join it
+// by id).
 func createGroup(c *client, name string) (uint64, error) {
-	r, err := c.request([]byte(`{"type":"group_create","rid":"gc","name":"`+name+`","members":[]}`), 30*time.Second)
+	r, err := c.request([]byte(`{"type":"group_create","rid":"gc","name":"`+name+`","members":[],"public":true}`), 30*time.Second)
 	if err != nil {
 		return 0, fmt.Errorf("group_create: %v", err)
 	}
@@ -510,6 +514,76 @@ func createGroup(c *client, name string) (uint64, error) {
 		return 0, fmt.Errorf("group_create: bad reply %s", r)
 	}
 	return g, nil
+}
+
+// addMembers adds uids to group g through c, a member, with group_add,
+// 1,000 per request (PROTOCOL §13's bound), and returns the group's
+// member count after the last. Adding is how the fan-out scenarios fill a
+// large group: one system message per request, where joining one by one
+// would push a "joined" to every member for every join (quadratic).
+func addMembers(c *client, g uint64, uids []uint64) (uint64, error) {
+	var count uint64
+	for len(uids) > 0 {
+		n := min(len(uids), 1000)
+		b := make([]byte, 0, 64+12*n)
+		b = append(b, `{"type":"group_add","rid":"ga","group":`...)
+		b = strconv.AppendUint(b, g, 10)
+		b = append(b, `,"members":[`...)
+		for i, u := range uids[:n] {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendUint(b, u, 10)
+		}
+		b = append(b, "]}"...)
+		r, err := c.request(b, 30*time.Second)
+		if err != nil {
+			return 0, fmt.Errorf("group_add: %v", err)
+		}
+		var ok bool
+		if count, ok = jsonUint(r, "count"); !ok || !bytes.Contains(r, []byte(`"type":"group"`)) {
+			return 0, fmt.Errorf("group_add: %s", r)
+		}
+		uids = uids[n:]
+	}
+	return count, nil
+}
+
+// lastSeq returns group g's last seq, read through c (a member), given
+// that sent messages of the scenario went to it. A server of protocol
+// version 1 stores nothing but those: there it is sent.
+func lastSeq(c *client, g uint64, sent int64) (uint64, error) {
+	if c.version.Load() < 2 {
+		return uint64(sent), nil
+	}
+	r, err := c.request([]byte(`{"type":"history","rid":"ls","conv":"g:`+strconv.FormatUint(g, 10)+`","limit":1}`), 30*time.Second)
+	if err != nil {
+		return 0, fmt.Errorf("history: %v", err)
+	}
+	var h struct {
+		Type     string `json:"type"`
+		Messages []struct {
+			Seq uint64 `json:"seq"`
+		} `json:"messages"`
+	}
+	if json.Unmarshal(r, &h) != nil || h.Type != "history" || len(h.Messages) != 1 {
+		return 0, fmt.Errorf("history: %s", r)
+	}
+	return h.Messages[0].Seq, nil
+}
+
+// settle waits until the fleet's pushes stop growing for 300 ms (at most
+// 30 s): the pushes of a set-up phase have all arrived.
+func (f *fleet) settle() {
+	last := f.totals().Pushes
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); {
+		time.Sleep(300 * time.Millisecond)
+		n := f.totals().Pushes
+		if n == last {
+			return
+		}
+		last = n
+	}
 }
 
 func loadavg() string {

@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -91,8 +92,9 @@ type client struct {
 	grp       seqSet // held seqs of the tracked group conv
 	sk        soakClient
 	contig    atomic.Uint64
-	contigAt  atomic.Int64 // unix ns contig last advanced
-	welcomeAt atomic.Int64 // unix ns of the latest welcome
+	contigAt  atomic.Int64  // unix ns contig last advanced
+	welcomeAt atomic.Int64  // unix ns of the latest welcome
+	version   atomic.Uint64 // welcome's protocol version
 	caught    atomic.Bool
 	lostAt    int64 // unix ns the connection was lost (storm)
 	convBuf   []byte
@@ -163,6 +165,8 @@ func (c *client) connect() error {
 	_ = wc.nc.SetReadDeadline(time.Time{})
 	hb, _ := jsonUint(m, "heartbeat_ms")
 	rate, _ := jsonUint(m, "send_rate")
+	v, _ := jsonUint(m, "version")
+	c.version.Store(v)
 	// Ack pacing from welcome (Magpie extensions; a server without them
 	// gets 20 ms and batches of 64, as the Go SDK does).
 	delay := int64(20 * time.Millisecond)
@@ -378,6 +382,10 @@ func (c *client) handle(wc *wsConn, m []byte) {
 	case "convs":
 		c.onConvs(wc, m)
 	case "history":
+		if rid, _ := jsonStr(m, "rid"); string(rid) == "ls" {
+			c.reply(m) // lastSeq's request
+			return
+		}
 		c.onHistory(wc, m)
 	}
 }
@@ -406,6 +414,9 @@ func (c *client) onMsg(m []byte) {
 	seq, _ := jsonUint(m, "seq")
 	if !c.p.noAck {
 		c.queueAck(conv, seq, now)
+	}
+	if bytes.Contains(m, sysKind) {
+		c.onSystem(conv, seq, m)
 	}
 	if c.p.soak.Load() && c.soakHold(conv, seq) {
 		c.p.lc.dups.Add(1)
@@ -479,6 +490,47 @@ func (p *pool) ackTicker() {
 	})
 }
 
+var sysKind = []byte(`"kind":"system"`)
+
+// onSystem handles the system message of a group change (PROTOCOL §13).
+// The one that let this client into a group — its own "joined", or an
+// "added" that names it — is the first message of that group it can be
+// pushed: the seqs below it were never its to receive by push, so they
+// count as held (they stay readable through history). Outside a soak the
+// message itself is recorded for a later soak too (its members join
+// before it starts). Reader goroutine.
+func (c *client) onSystem(conv []byte, seq uint64, m []byte) {
+	var f struct {
+		From uint64 `json:"from"`
+		Body string `json:"body"`
+	}
+	var ev struct {
+		Event   string   `json:"event"`
+		Members []uint64 `json:"members"`
+	}
+	if json.Unmarshal(m, &f) != nil || json.Unmarshal([]byte(f.Body), &ev) != nil {
+		return
+	}
+	in := seq > 1 && (ev.Event == "joined" && f.From == c.spec.UID || ev.Event == "added" && slices.Contains(ev.Members, c.spec.UID))
+	if g := c.p.group.Load(); in && g != 0 && c.isGroupConv(conv, g) {
+		c.mu.Lock()
+		c.grp.fillTo(seq - 1)
+		c.mu.Unlock()
+	}
+	if soak := c.p.soak.Load(); in || !soak {
+		k := &c.sk
+		k.mu.Lock()
+		s := k.set(conv)
+		if in {
+			s.fillTo(seq - 1)
+		}
+		if !soak {
+			s.add(seq) // in a soak, onMsg's soakHold does
+		}
+		k.mu.Unlock()
+	}
+}
+
 func (c *client) isGroupConv(conv []byte, g uint64) bool {
 	if len(conv) < 3 || conv[0] != 'g' || conv[1] != ':' {
 		return false
@@ -510,6 +562,18 @@ func (s *seqSet) add(seq uint64) bool {
 		s.contig = n
 	}
 	return had
+}
+
+// fillTo marks every seq in 1..n held.
+func (s *seqSet) fillTo(n uint64) {
+	for q := s.contig + 1; q <= n; q++ {
+		w := int(q / 64)
+		for len(s.bits) <= w {
+			s.bits = append(s.bits, 0)
+		}
+		s.bits[w] |= 1 << (q % 64)
+	}
+	s.add(n) // advances contig (n ≥ 1 is held already)
 }
 
 // missing counts seqs in 1..f not held.

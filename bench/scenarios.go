@@ -238,6 +238,37 @@ func (e *env) cpuResults(before, after snapshot, n float64, what, plural string)
 	}
 }
 
+// addFleet makes the fleet's clients (specs) members of group g: they
+// track g's seqs, and creator adds them 1,000 per group_add; the group
+// must then count want members. A server of protocol version 1 (the
+// baseline) has no group_add: there the clients join.
+func (e *env) addFleet(f *fleet, creator *client, g uint64, specs []clientSpec, want int64) error {
+	if creator.version.Load() < 2 {
+		if _, err := f.do(workerCmd{Op: "join", Group: g}, 10*time.Minute); err != nil {
+			return err
+		}
+		if j := f.totals().Joined; j < int64(len(specs)) {
+			return fmt.Errorf("only %d of %d members joined", j, len(specs))
+		}
+		return nil
+	}
+	if _, err := f.do(workerCmd{Op: "track", Group: g}, time.Minute); err != nil {
+		return err
+	}
+	uids := make([]uint64, len(specs))
+	for i, s := range specs {
+		uids[i] = s.UID
+	}
+	n, err := addMembers(creator, g, uids)
+	if err != nil {
+		return err
+	}
+	if int64(n) < want {
+		return fmt.Errorf("the group has %d of %d members", n, want)
+	}
+	return nil
+}
+
 // groupSend sends count messages to group g from c at rate and waits for
 // their sent (or error) replies.
 func (e *env) groupSend(c *client, g uint64, count int, rate float64) {
@@ -289,7 +320,8 @@ func (e *env) fanout() error {
 		}
 		return n
 	}
-	f, err := e.startFleet(e.specs(np, o.members, nil))
+	specs := e.specs(np, o.members, nil)
+	f, err := e.startFleet(specs)
 	if err != nil {
 		return err
 	}
@@ -301,17 +333,16 @@ func (e *env) fanout() error {
 		return err
 	}
 	t0 := time.Now()
-	if _, err := f.do(workerCmd{Op: "join", Group: g}, 10*time.Minute); err != nil {
+	if err := e.addFleet(f, senders[0], g, specs, int64(np+o.members)); err != nil {
 		return err
-	}
-	if j := f.totals().Joined; j < int64(o.members) {
-		return fmt.Errorf("only %d of %d members joined", j, o.members)
 	}
 	e.rep.result("join_seconds", time.Since(t0).Seconds())
 	if _, err := f.do(workerCmd{Op: "reset"}, time.Minute); err != nil {
 		return err
 	}
+	f.settle()                         // the set-up's system messages have arrived
 	time.Sleep(500 * time.Millisecond) // let the join traffic settle before sampling CPU
+	p0 := f.totals()
 	f.setPhase("fanout")
 	before := e.probe.snap()
 	stopProf := e.startProfile()
@@ -333,7 +364,7 @@ func (e *env) fanout() error {
 	// Publishers receive each other's messages as members do.
 	want := int64(o.members) * sent
 	deadline := time.Now().Add(o.wait)
-	for time.Now().Before(deadline) && f.totals().Pushes < want {
+	for time.Now().Before(deadline) && f.totals().Pushes-p0.Pushes < want {
 		time.Sleep(10 * time.Millisecond)
 	}
 	c := f.totals()
@@ -349,11 +380,15 @@ func (e *env) fanout() error {
 	}
 	after := e.probe.snap()
 	stopProf()
-	r, c, err := f.results(uint64(sent))
+	last, err := lastSeq(senders[0], g, sent)
 	if err != nil {
 		return err
 	}
-	deliveries := c.Pushes - c.Dups
+	r, c, err := f.results(last) // every member holds 1..last (onSystem)
+	if err != nil {
+		return err
+	}
+	deliveries := (c.Pushes - p0.Pushes) - (c.Dups - p0.Dups)
 	span := time.Duration(c.LastRecvNs - tSend.UnixNano())
 	e.rep.result("messages_sent_ok", sent)
 	e.rep.result("send_errors", sendErrs())
@@ -400,7 +435,8 @@ func (e *env) storm() error {
 		return err
 	}
 	e.rep.param("group", g)
-	f, err := e.startFleet(e.specs(1, o.conns, nil))
+	specs := e.specs(1, o.conns, nil)
+	f, err := e.startFleet(specs)
 	if err != nil {
 		return err
 	}
@@ -411,17 +447,16 @@ func (e *env) storm() error {
 	if err := e.connectFleet(f, o.conns); err != nil {
 		return err
 	}
-	if _, err := f.do(workerCmd{Op: "join", Group: g}, 10*time.Minute); err != nil {
+	if err := e.addFleet(f, sender, g, specs, int64(1+o.conns)); err != nil {
 		return err
 	}
-	if j := f.totals().Joined; j < int64(o.conns) {
-		return fmt.Errorf("only %d of %d members joined", j, o.conns)
-	}
+	f.settle()
+	p0 := f.totals()
 	f.setPhase("pre")
 	e.groupSend(sender, g, o.messages, o.rate)
 	pre := sp.lc.sentOK.Load()
 	want := int64(o.conns) * pre
-	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && f.totals().Pushes < want; {
+	for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline) && f.totals().Pushes-p0.Pushes < want; {
 		time.Sleep(10 * time.Millisecond)
 	}
 	if _, err := f.do(workerCmd{Op: "storm", Group: g}, time.Minute); err != nil {
@@ -477,11 +512,15 @@ func (e *env) storm() error {
 	final := sp.lc.sentOK.Load()
 	e.rep.result("messages_before_restart", pre)
 	e.rep.result("messages_after_restart", final-pre)
-	f.setPhase("catchup")
-	if _, err := f.do(workerCmd{Op: "final", Final: uint64(final), TimeoutMs: o.wait.Milliseconds()}, o.wait+time.Minute); err != nil {
+	last, err := lastSeq(sender, g, final)
+	if err != nil {
 		return err
 	}
-	r, c, err := f.results(uint64(final))
+	f.setPhase("catchup")
+	if _, err := f.do(workerCmd{Op: "final", Final: last, TimeoutMs: o.wait.Milliseconds()}, o.wait+time.Minute); err != nil {
+		return err
+	}
+	r, c, err := f.results(last)
 	if err != nil {
 		return err
 	}

@@ -45,6 +45,11 @@ func (c *client) soakHold(conv []byte, seq uint64) bool {
 	k := &c.sk
 	k.mu.Lock()
 	defer k.mu.Unlock()
+	return k.set(conv).add(seq)
+}
+
+// set returns conv's seq set, made on first use. REQUIRES: k.mu held.
+func (k *soakClient) set(conv []byte) *seqSet {
 	s := k.convs[string(conv)]
 	if s == nil {
 		if k.convs == nil {
@@ -53,7 +58,7 @@ func (c *client) soakHold(conv []byte, seq uint64) bool {
 		s = &seqSet{}
 		k.convs[string(conv)] = s
 	}
-	return s.add(seq)
+	return s
 }
 
 // held is the highest seq of conv up to which the client holds everything.

@@ -34,7 +34,7 @@ type workerInit struct {
 }
 
 type workerCmd struct {
-	Op         string  `json:"op"` // connect, join, p2p, storm, final, soak, drain, sentmax, soakcheck, reset, result, quit
+	Op         string  `json:"op"` // connect, join, track, p2p, storm, final, soak, drain, sentmax, soakcheck, reset, result, quit
 	Group      uint64  `json:"group,omitempty"`
 	Rate       float64 `json:"rate,omitempty"` // p2p: per sender
 	Window     int     `json:"window,omitempty"`
@@ -131,6 +131,8 @@ func workerMain(in io.Reader, out io.Writer) int {
 		case "join":
 			p.group.Store(cmd.Group)
 			p.joinAll(cmd.Group, 64)
+		case "track":
+			p.group.Store(cmd.Group) // the coordinator adds the members (addMembers)
 		case "p2p":
 			runP2P(p, cmd)
 		case "storm":

@@ -6,6 +6,7 @@ package server
 
 import (
 	"errors"
+	"math"
 	"strconv"
 	"unicode/utf16"
 	"unicode/utf8"
@@ -35,6 +36,13 @@ const (
 	tPresenceSub
 )
 
+// Frame types of PROTOCOL §13 (groups, version 2).
+const (
+	tGroupAdd uint8 = 0x20 + iota
+	tGroupRemove
+	tGroupRename
+)
+
 // Presence bits of request fields.
 const (
 	hasRID uint32 = 1 << iota
@@ -53,6 +61,7 @@ const (
 	hasName
 	hasMembers
 	hasType
+	hasPublic // PROTOCOL §13
 )
 
 // Presence bits of the fields of PROTOCOL §14–§16 requests.
@@ -82,6 +91,7 @@ type request struct {
 	after    uint64
 	before   uint64
 	limit    int64
+	public   bool // group_create (PROTOCOL §13)
 	members  []uint64
 	uids     []uint64 // presence_sub (PROTOCOL §16)
 	// scratch holds unescaped strings; reused across decodes.
@@ -190,9 +200,26 @@ func (r *request) field(d *decoder, key []byte) error {
 		}
 		r.limit = n
 	case "members":
-		return r.uintList(d, &r.members, hasMembers, "members", maxMembersPerCreate)
+		// Bounded by --max-message only (PROTOCOL §13): a uid takes at
+		// least two bytes of the frame. group_add/group_remove check
+		// their 1–1000 bound on the list as sent.
+		return r.uintList(d, &r.members, hasMembers, "members", math.MaxInt)
 	case "uids":
 		return r.uintList(d, &r.uids, hasUIDs, "uids", maxPresenceSub)
+	// PROTOCOL §13.
+	case "public":
+		if d.null() {
+			return nil
+		}
+		r.has |= hasPublic
+		switch {
+		case d.lit("true") == nil:
+			r.public = true
+		case d.lit("false") == nil:
+		default:
+			r.bad("public")
+			return d.skip()
+		}
 	default:
 		return d.skip()
 	}
@@ -239,9 +266,6 @@ func (r *request) uintList(d *decoder, dst *[]uint64, bit uint32, name string, m
 		return errSyntax
 	}
 }
-
-// maxMembersPerCreate bounds group_create's member list.
-const maxMembersPerCreate = 10000
 
 func (r *request) strField(d *decoder, dst *[]byte, bit uint32, name string) error {
 	if d.null() {
@@ -404,6 +428,13 @@ func typeOf(s []byte) uint8 {
 		return tGroupLeave
 	case "group_members":
 		return tGroupMembers
+	// PROTOCOL §13.
+	case "group_add":
+		return tGroupAdd
+	case "group_remove":
+		return tGroupRemove
+	case "group_rename":
+		return tGroupRename
 	}
 	return typeOfV2(s)
 }

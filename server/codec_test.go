@@ -40,6 +40,23 @@ func TestDecodeRequest(t *testing.T) {
 			return len(r.members) == 3 && r.members[2] == 3
 		}},
 		{`{"type":"group_create","members":[2,"x"]}`, false, func(r *request) bool { return r.badField == "members" }},
+		// PROTOCOL §13.
+		{`{"type":"group_create","public":true}`, false, func(r *request) bool {
+			return r.public && r.has&hasPublic != 0 && r.badField == ""
+		}},
+		{`{"type":"group_create","public":false}`, false, func(r *request) bool { return !r.public && r.has&hasPublic != 0 }},
+		{`{"type":"group_create","public":null}`, false, func(r *request) bool { return r.has&hasPublic == 0 }},
+		{`{"type":"group_create","public":"true"}`, false, func(r *request) bool { return r.badField == "public" }},
+		{`{"type":"group_create","public":1}`, false, func(r *request) bool { return r.badField == "public" }},
+		{`{"type":"group_create","public":tru}`, true, nil},
+		{`{"type":"group_add","group":7,"members":[4,5]}`, false, func(r *request) bool {
+			return r.typ == tGroupAdd && r.group == 7 && len(r.members) == 2
+		}},
+		{`{"type":"group_remove","members":[0]}`, false, func(r *request) bool { return r.typ == tGroupRemove && r.badField == "members" }},
+		{`{"type":"group_rename","name":"n"}`, false, func(r *request) bool { return r.typ == tGroupRename && string(r.name) == "n" }},
+		{`{"type":"group_create","members":[` + strings.Repeat("1,", 20000) + `2]}`, false, func(r *request) bool {
+			return len(r.members) == 20001 && r.badField == "" // bounded by --max-message only
+		}},
 		{`{"rid":5}`, false, func(r *request) bool { return r.badField == "rid" }},
 		{`{}`, false, func(r *request) bool { return r.typ == tUnknown }},
 		{`[]`, true, nil},

@@ -29,9 +29,16 @@ func TestConformanceDeliveryFanout(t *testing.T) {
 	b1.name = "B1"
 	b2 := s.connect(t, btok, "device=b2")
 	b2.name = "B2"
-	a1.send(map[string]any{"type": "group_create", "name": "fan", "members": []int64{B, C}})
-	gid := cfNum(a1.expect("group")["group"])
+	// The group's "created" reaches every connection of every member, the
+	// requesting one too (PROTOCOL §13).
+	created := a1.group(map[string]any{"type": "group_create", "name": "fan", "members": []int64{B, C}}, "created")
+	gid := cfNum(created["group"])
 	conv := cfG(gid)
+	for _, c := range []*cfConn{a2, b1, b2} {
+		if m := c.expectSys("created"); m["conv"] != conv || cfNum(m["seq"]) != 1 || cfNum(m["from"]) != A {
+			t.Fatalf("%s: %v", c.name, m)
+		}
+	}
 
 	t.Run("every connection of every member but the sending one", func(t *testing.T) {
 		sent := a1.sendMsg("fan-1", 0, gid, "to the group")
@@ -173,8 +180,7 @@ func TestConformanceAck(t *testing.T) {
 	A, atok := s.user(t, "ka")
 	B, btok := s.user(t, "kb")
 	a := s.connect(t, atok)
-	a.send(map[string]any{"type": "group_create", "name": "acks", "members": []int64{B}})
-	gid := cfNum(a.expect("group")["group"])
+	gid := cfNum(a.group(map[string]any{"type": "group_create", "name": "acks", "members": []int64{B}}, "created")["group"])
 	X, Y := cfD(A, B), cfG(gid)
 	b1 := s.connect(t, btok)
 	b1.name = "B1"
@@ -203,11 +209,11 @@ func TestConformanceAck(t *testing.T) {
 		}
 		got[m["conv"].(string)] = cfNum(m["seq"])
 	}
-	if got[X] != 3 || got[Y] != 1 || len(got) != 2 {
-		t.Fatalf("resent %v, want %s:3 and %s:1", got, X, Y)
+	if got[X] != 3 || got[Y] != 2 || len(got) != 2 { // Y: 1 is its "created"
+		t.Fatalf("resent %v, want %s:3 and %s:2", got, X, Y)
 	}
 	b1.send(map[string]any{"type": "ack", "conv": X, "seq": 3})
-	b1.send(map[string]any{"type": "ack", "conv": Y, "seq": 1})
+	b1.send(map[string]any{"type": "ack", "conv": Y, "seq": 2})
 	// Nothing more for either connection, no 4005 (due at 3T).
 	b1.quiet(3*T + 200*time.Millisecond)
 	b2.quiet(0)

@@ -99,18 +99,26 @@ func TestConformanceFrames(t *testing.T) {
 		a.send(map[string]any{"type": "history", "conv": cfD(A, B)})
 		cfCheckRID(t, a.expect("history"), "")
 
-		a.send(map[string]any{"type": "group_create", "rid": "g1", "name": "ridgroup"})
-		g := a.expect("group")
+		g := a.group(map[string]any{"type": "group_create", "rid": "g1", "name": "ridgroup", "public": true}, "created")
 		cfCheckRID(t, g, "g1")
+		a2.expectSys("created")
 		gid := cfNum(g["group"])
-		b.send(map[string]any{"type": "group_join", "rid": "g2", "group": gid})
-		cfCheckRID(t, b.expect("group"), "g2")
-		b.send(map[string]any{"type": "group_members", "rid": "g3", "group": gid})
-		cfCheckRID(t, b.expect("group"), "g3")
-		b.send(map[string]any{"type": "group_leave", "rid": "g4", "group": gid})
-		cfCheckRID(t, b.expect("group"), "g4")
-		b.send(map[string]any{"type": "group_join", "group": gid})
-		cfCheckRID(t, b.expect("group"), "")
+		cfCheckRID(t, b.group(map[string]any{"type": "group_join", "rid": "g2", "group": gid}, "joined"), "g2")
+		cfCheckRID(t, b.group(map[string]any{"type": "group_members", "rid": "g3", "group": gid}, ""), "g3")
+		cfCheckRID(t, b.group(map[string]any{"type": "group_leave", "rid": "g4", "group": gid}, "left"), "g4")
+		cfCheckRID(t, b.group(map[string]any{"type": "group_join", "group": gid}, "joined"), "")
+		for _, ev := range []string{"joined", "left", "joined"} {
+			a.expectSys(ev)
+			a2.expectSys(ev)
+		}
+		// PROTOCOL §13's requests copy it too.
+		cfCheckRID(t, a.group(map[string]any{"type": "group_rename", "rid": "g5", "group": gid, "name": "r"}, "renamed"), "g5")
+		cfCheckRID(t, a.group(map[string]any{"type": "group_remove", "rid": "g6", "group": gid, "members": []int64{B}}, "removed"), "g6")
+		cfCheckRID(t, a.group(map[string]any{"type": "group_add", "rid": "g7", "group": gid, "members": []int64{B}}, "added"), "g7")
+		for _, ev := range []string{"renamed", "removed", "added"} {
+			a2.expectSys(ev)
+			b.expectSys(ev)
+		}
 
 		a.send(map[string]any{"type": "history", "rid": "e1", "conv": "bogus"})
 		a.expectErr("bad_request", "e1")
@@ -197,11 +205,9 @@ func TestConformanceFrames(t *testing.T) {
 		a := s.connect(t, atok)
 		b := s.connect(t, btok)
 		c := s.connect(t, ctok)
-		a.send(map[string]any{"type": "group_create", "name": "order-c", "rid": "g"})
-		a.expect("group")
+		mine := cfNum(a.group(map[string]any{"type": "group_create", "name": "order-c", "rid": "g"}, "created")["group"])
 		// A group A is not in.
-		c.send(map[string]any{"type": "group_create", "name": "not-a", "rid": "g"})
-		notA := cfNum(c.expect("group")["group"])
+		notA := cfNum(c.group(map[string]any{"type": "group_create", "name": "not-a", "rid": "g"}, "created")["group"])
 		unknownGroup := notA + 1000
 		orig := a.sendMsg("ord", B, 0, "first")
 		if m := b.expect("msg"); m["body"] != "first" {
@@ -238,6 +244,37 @@ func TestConformanceFrames(t *testing.T) {
 		}
 		a.send(map[string]any{"type": "send", "cmid": "ord", "to": B, "group": notA, "body": "x"})
 		a.expectErr("bad_request", "")
+		// PROTOCOL §13: kind "system" and cmids beginning with "sys:" fail
+		// the fields check, before the stored cmid — also A's own stored
+		// system message's cmid (A created group mine: "sys:<mine>:1").
+		for _, f := range []map[string]any{
+			{"cmid": "ord", "to": B, "body": "x", "kind": "system"},
+			{"cmid": fmt.Sprintf("sys:%d:1", mine), "group": mine, "body": "x"},
+			{"cmid": fmt.Sprintf("sys:%d:1", mine), "to": B, "body": "x", "kind": "text"},
+			{"cmid": "sys:", "to": B, "body": "x"},
+			{"cmid": "sys:x", "group": mine, "body": `{"event":"left"}`, "kind": "system"},
+		} {
+			f["type"], f["rid"] = "send", "sy"
+			a.send(f)
+			if e := a.expectErr("bad_request", "sy"); e["cmid"] != f["cmid"] {
+				t.Errorf("%v: error cmid %v", f, e["cmid"])
+			}
+		}
+		// Not a reserved kind or cmid: "System", "SYS:", "xsys:" and a kind
+		// that merely begins with "system" are a client's to use.
+		for i, f := range []map[string]any{
+			{"cmid": "SYS:1", "kind": "System"},
+			{"cmid": "xsys:1", "kind": "systems"},
+		} {
+			f["type"], f["to"], f["body"] = "send", B, "y"
+			a.send(f)
+			if m := a.expect("sent"); m["cmid"] != f["cmid"] {
+				t.Errorf("case %d: %v", i, m)
+			}
+			if m := b.expect("msg"); m["kind"] != f["kind"] {
+				t.Errorf("case %d: pushed %v", i, m)
+			}
+		}
 		// Body size before recipient.
 		for _, f := range []map[string]any{{"to": 999999}, {"to": A}, {"group": notA}, {"group": unknownGroup}} {
 			f["type"], f["cmid"], f["body"] = "send", fmt.Sprintf("big-%v%v", f["to"], f["group"]), big
@@ -265,13 +302,13 @@ func TestConformanceFrames(t *testing.T) {
 		}
 		// None of the failed cmids was stored: they can be used now.
 		s1 := a.sendMsg("rcpt-999999<nil>", B, 0, "now fine")
-		if cfNum(s1["seq"]) != cfNum(orig["seq"])+1 {
+		if cfNum(s1["seq"]) != cfNum(orig["seq"])+3 { // after SYS:1 and xsys:1
 			t.Errorf("seq %v after %v", s1["seq"], orig["seq"])
 		}
 		b.expect("msg")
 		// cmid is unique per sending user: B's "ord" is a new message.
 		s2 := b.sendMsg("ord", A, 0, "b's own ord")
-		if s2["conv"] != orig["conv"] || cfNum(s2["seq"]) != cfNum(orig["seq"])+2 {
+		if s2["conv"] != orig["conv"] || cfNum(s2["seq"]) != cfNum(orig["seq"])+4 {
 			t.Errorf("B's ord: %v", s2)
 		}
 		if m := a.expect("msg"); m["body"] != "b's own ord" || cfNum(m["from"]) != B {
@@ -436,8 +473,7 @@ func TestConformanceFrames(t *testing.T) {
 		a := s.connect(t, atok)
 		b := s.connect(t, btok)
 		c := s.connect(t, ctok)
-		c.send(map[string]any{"type": "group_create", "name": "closed", "rid": "g"})
-		closed := cfNum(c.expect("group")["group"])
+		closed := cfNum(c.group(map[string]any{"type": "group_create", "name": "closed", "rid": "g"}, "created")["group"])
 		bad := []string{"", "x", "d", "d:", "d:1", fmt.Sprintf("d:%d", A), fmt.Sprintf("d:%d:%d:1", A, B),
 			fmt.Sprintf("d:%d:%d", B, A), fmt.Sprintf("d:%d:%d", A, A), fmt.Sprintf("d:0:%d", A), fmt.Sprintf("d:0%d:%d", A, B),
 			fmt.Sprintf("d:%d:0%d", A, B), fmt.Sprintf("d:+%d:%d", A, B), fmt.Sprintf("d: %d:%d", A, B), fmt.Sprintf("d:%d:%d ", A, B),
@@ -496,6 +532,8 @@ func TestConformanceFrames(t *testing.T) {
 			`{"type":"group_create","rid":"n","name":5}`,
 			`{"type":"group_create","rid":"n","name":"` + strings.Repeat("n", 65) + `"}`,
 			`{"type":"group_create","rid":"n","name":"` + strings.Repeat("€", 22) + `"}`,
+			`{"type":"group_create","rid":"n","name":"x","public":"yes"}`,
+			`{"type":"group_create","rid":"n","name":"x","public":1}`,
 		} {
 			a.send(f)
 			a.expectErr("bad_request", "n")
@@ -506,29 +544,27 @@ func TestConformanceFrames(t *testing.T) {
 		if convCount(a) != beforeA || convCount(b) != beforeB {
 			t.Errorf("a group was created despite not_found")
 		}
-		group := func(c *cfConn, f map[string]any) map[string]any {
-			t.Helper()
-			c.send(f)
-			return c.expect("group")
-		}
 		name64 := strings.Repeat("€", 21) + "x"
-		g := group(a, map[string]any{"type": "group_create", "rid": "mk", "name": name64, "members": []int64{C, B, B, A, C}})
+		g := a.group(map[string]any{"type": "group_create", "rid": "mk", "name": name64, "members": []int64{C, B, B, A, C}, "public": true}, "created")
 		gid := cfNum(g["group"])
 		want := []int64{A, B, C}
 		sort.Slice(want, func(i, j int) bool { return want[i] < want[j] })
-		if gid <= 0 || g["name"] != name64 || cfNum(g["count"]) != 3 || fmt.Sprint(cfNums(g["members"])) != fmt.Sprint(want) || g["more"] != false || g["rid"] != "mk" {
+		if gid <= 0 || g["name"] != name64 || cfNum(g["count"]) != 3 || fmt.Sprint(cfNums(g["members"])) != fmt.Sprint(want) || g["more"] != false || g["rid"] != "mk" ||
+			g["public"] != true || cfNum(g["owner"]) != A {
 			t.Fatalf("group_create: %v, want members %v", g, want)
 		}
-		g = group(a, map[string]any{"type": "group_create", "name": "solo"})
+		b.expectSys("created")
+		g = a.group(map[string]any{"type": "group_create", "name": "solo", "public": true}, "created")
 		solo := cfNum(g["group"])
-		if cfNum(g["count"]) != 1 || fmt.Sprint(cfNums(g["members"])) != fmt.Sprint([]int64{A}) || g["more"] != false {
+		if cfNum(g["count"]) != 1 || fmt.Sprint(cfNums(g["members"])) != fmt.Sprint([]int64{A}) || g["more"] != false || cfNum(g["owner"]) != A {
 			t.Errorf("group_create without members: %v", g)
 		}
-		// Join: count, no members list; twice answered alike.
-		j1 := group(d, map[string]any{"type": "group_join", "group": gid})
-		j2 := group(d, map[string]any{"type": "group_join", "group": gid})
+		// Join: count, no members list; twice answered alike (and the
+		// second stores nothing: one "joined" reaches the members).
+		j1 := d.group(map[string]any{"type": "group_join", "group": gid}, "joined")
+		j2 := d.group(map[string]any{"type": "group_join", "group": gid}, "")
 		for _, j := range []map[string]any{j1, j2} {
-			if cfNum(j["group"]) != gid || j["name"] != name64 || cfNum(j["count"]) != 4 {
+			if cfNum(j["group"]) != gid || j["name"] != name64 || cfNum(j["count"]) != 4 || j["public"] != true || cfNum(j["owner"]) != A {
 				t.Errorf("group_join: %v", j)
 			}
 			if _, has := j["members"]; has {
@@ -538,7 +574,9 @@ func TestConformanceFrames(t *testing.T) {
 				t.Errorf("group_join carries more: %v", j)
 			}
 		}
-		// Membership changes are not pushed.
+		// Membership changes are pushed as messages (PROTOCOL §13).
+		a.expectSys("joined")
+		b.expectSys("joined")
 		b.quiet(cfQuiet)
 		// group_members paging.
 		all := append(want, D)
@@ -564,8 +602,9 @@ func TestConformanceFrames(t *testing.T) {
 			if tc.limit != nil {
 				f["limit"] = tc.limit
 			}
-			g := group(b, f)
-			if fmt.Sprint(cfNums(g["members"])) != fmt.Sprint(tc.want) || g["more"] != tc.more || cfNum(g["count"]) != 4 || g["name"] != name64 || g["rid"] != "gm" {
+			g := b.group(f, "")
+			if fmt.Sprint(cfNums(g["members"])) != fmt.Sprint(tc.want) || g["more"] != tc.more || cfNum(g["count"]) != 4 || g["name"] != name64 || g["rid"] != "gm" ||
+				g["public"] != true || cfNum(g["owner"]) != A {
 				t.Errorf("group_members after=%v limit=%v: %v, want %v more=%v", tc.after, tc.limit, g, tc.want, tc.more)
 			}
 			if g["members"] == nil {
@@ -577,62 +616,66 @@ func TestConformanceFrames(t *testing.T) {
 			b.expectErr("bad_request", "gb")
 		}
 		// Leave: count after, no list.
-		l := group(d, map[string]any{"type": "group_leave", "group": gid, "rid": "lv"})
-		if cfNum(l["count"]) != 3 || cfNum(l["group"]) != gid {
+		l := d.group(map[string]any{"type": "group_leave", "group": gid, "rid": "lv"}, "left")
+		if cfNum(l["count"]) != 3 || cfNum(l["group"]) != gid || cfNum(l["owner"]) != A {
 			t.Errorf("group_leave: %v", l)
 		}
 		if _, has := l["members"]; has {
 			t.Errorf("group_leave lists members: %v", l)
 		}
+		a.expectSys("left")
+		b.expectSys("left")
 		for _, typ := range []string{"group_leave", "group_members"} {
 			d.send(map[string]any{"type": typ, "group": gid, "rid": "nm"})
 			d.expectErr("not_member", "nm")
 		}
-		for _, typ := range []string{"group_join", "group_leave", "group_members"} {
-			d.send(map[string]any{"type": typ, "group": 999999, "rid": "nf"})
+		for _, typ := range []string{"group_join", "group_leave", "group_members", "group_rename", "group_add", "group_remove"} {
+			d.send(map[string]any{"type": typ, "group": 999999, "rid": "nf", "name": "n", "members": []int64{A}})
 			d.expectErr("not_found", "nf")
-			d.send(map[string]any{"type": typ, "rid": "br"})
+			d.send(map[string]any{"type": typ, "rid": "br", "name": "n", "members": []int64{A}})
 			d.expectErr("bad_request", "br")
-			d.send(map[string]any{"type": typ, "group": "1", "rid": "br"})
+			d.send(map[string]any{"type": typ, "group": "1", "rid": "br", "name": "n", "members": []int64{A}})
 			d.expectErr("bad_request", "br")
 		}
-		// An empty group stays and can be joined again.
-		if g := group(a, map[string]any{"type": "group_leave", "group": solo}); cfNum(g["count"]) != 0 {
+		// An empty public group stays and can be joined again; its joiner
+		// owns it.
+		if g := a.group(map[string]any{"type": "group_leave", "group": solo}, "left"); cfNum(g["count"]) != 0 || cfNum(g["owner"]) != 0 {
 			t.Errorf("leaving the last member: %v", g)
 		}
-		if g := group(b, map[string]any{"type": "group_join", "group": solo}); cfNum(g["count"]) != 1 || g["name"] != "solo" {
+		if g := b.group(map[string]any{"type": "group_join", "group": solo}, "joined"); cfNum(g["count"]) != 1 || g["name"] != "solo" || cfNum(g["owner"]) != B {
 			t.Errorf("rejoin of an empty group: %v", g)
 		}
-		if g := group(b, map[string]any{"type": "group_members", "group": solo}); fmt.Sprint(cfNums(g["members"])) != fmt.Sprint([]int64{B}) {
+		if g := b.group(map[string]any{"type": "group_members", "group": solo}, ""); fmt.Sprint(cfNums(g["members"])) != fmt.Sprint([]int64{B}) {
 			t.Errorf("members of the rejoined group: %v", g)
 		}
+		a.quiet(cfQuiet) // a left solo: nothing more from it
 	})
 
 	t.Run("group history before joining; joiner has nothing unread", func(t *testing.T) {
 		a := s.connect(t, atok)
 		c := s.connect(t, ctok)
-		c.send(map[string]any{"type": "group_create", "name": "pre"})
-		gid := cfNum(c.expect("group")["group"])
+		gid := cfNum(c.group(map[string]any{"type": "group_create", "name": "pre", "public": true}, "created")["group"])
 		for i := 1; i <= 3; i++ {
 			c.sendMsg(fmt.Sprintf("pre-%d", i), 0, gid, fmt.Sprintf("before %d", i))
 		}
 		a.send(map[string]any{"type": "history", "conv": cfG(gid), "rid": "x"})
 		a.expectErr("not_member", "x")
-		a.send(map[string]any{"type": "group_join", "group": gid})
-		if g := a.expect("group"); cfNum(g["count"]) != 2 {
+		if g := a.group(map[string]any{"type": "group_join", "group": gid}, "joined"); cfNum(g["count"]) != 2 {
 			t.Errorf("join: %v", g)
 		}
+		c.expectSys("joined")
 		a.send(map[string]any{"type": "history", "conv": cfG(gid)})
 		h := a.expect("history")
-		if msgs := h["messages"].([]any); len(msgs) != 3 || msgs[0].(map[string]any)["body"] != "before 1" || h["more"] != false {
+		// created, three messages, joined: the whole history from seq 1.
+		if msgs := h["messages"].([]any); len(msgs) != 5 || msgs[1].(map[string]any)["body"] != "before 1" || h["more"] != false {
 			t.Errorf("history after join: %v", h)
 		}
 		it := cfConvItem(t, a, cfG(gid))
-		if cfNum(it["last_seq"]) != 3 || cfNum(it["read_seq"]) != 3 || cfNum(it["unread"]) != 0 {
+		if cfNum(it["last_seq"]) != 5 || cfNum(it["read_seq"]) != 5 || cfNum(it["unread"]) != 0 {
 			t.Errorf("joiner's conv item %v", it)
 		}
-		a.send(map[string]any{"type": "group_leave", "group": gid})
-		a.expect("group")
+		a.group(map[string]any{"type": "group_leave", "group": gid}, "left")
+		c.expectSys("left")
 		a.send(map[string]any{"type": "history", "conv": cfG(gid), "rid": "y"})
 		a.expectErr("not_member", "y")
 	})
@@ -699,15 +742,17 @@ func TestConformanceConvsAndRead(t *testing.T) {
 		t.Fatalf("fresh user's convs: %v", m)
 	}
 
-	e.send(map[string]any{"type": "group_create", "name": "alpha", "members": []int64{F}})
-	g1 := cfNum(e.expect("group")["group"])
+	g1 := cfNum(e.group(map[string]any{"type": "group_create", "name": "alpha", "members": []int64{F}}, "created")["group"])
+	e2.expectSys("created")
+	f.expectSys("created")
 	waitTick(time.Now().UnixMilli())
 	s1 := f.sendMsg("c1", E, 0, "hello E") // d:E:F
 	e.expect("msg")
 	e2.expect("msg")
 	waitTick(cfNum(s1["ts"]))
-	e.send(map[string]any{"type": "group_create", "name": "beta"})
-	g2 := cfNum(e.expect("group")["group"])
+	beta := e.group(map[string]any{"type": "group_create", "name": "beta"}, "created")
+	g2 := cfNum(beta["group"])
+	betaCreated := e2.expectSys("created")
 	waitTick(time.Now().UnixMilli())
 	s2 := f.sendMsg("c2", 0, g1, "hello alpha")
 	e.expect("msg")
@@ -728,21 +773,25 @@ func TestConformanceConvsAndRead(t *testing.T) {
 	// Group item with a message.
 	it := items[0]
 	last, _ := it["last"].(map[string]any)
-	if cfNum(it["group"]) != g1 || it["name"] != "alpha" || cfNum(it["last_seq"]) != 1 || cfNum(it["read_seq"]) != 0 || cfNum(it["unread"]) != 1 || last == nil {
+	// (The creator's read_seq is its "created" message's, seq 1.)
+	if cfNum(it["group"]) != g1 || it["name"] != "alpha" || cfNum(it["last_seq"]) != 2 || cfNum(it["read_seq"]) != 1 || cfNum(it["unread"]) != 1 || last == nil ||
+		it["public"] != false || cfNum(it["owner"]) != E {
 		t.Errorf("group item %v", it)
-	} else if last["conv"] != cfG(g1) || cfNum(last["seq"]) != 1 || cfNum(last["from"]) != F || last["ts"] != s2["ts"] || last["body"] != "hello alpha" || last["kind"] != "text" || last["cmid"] != "c2" {
+	} else if last["conv"] != cfG(g1) || cfNum(last["seq"]) != 2 || cfNum(last["from"]) != F || last["ts"] != s2["ts"] || last["body"] != "hello alpha" || last["kind"] != "text" || last["cmid"] != "c2" {
 		t.Errorf("group item last %v", last)
 	}
 	if _, has := it["peer"]; has {
 		t.Errorf("group item has peer: %v", it)
 	}
-	// Group item without messages: no last.
+	// A group whose only message is its "created" (PROTOCOL §13): that is
+	// its last, read by the creator.
 	it = items[1]
-	if cfNum(it["group"]) != g2 || it["name"] != "beta" || cfNum(it["last_seq"]) != 0 || cfNum(it["read_seq"]) != 0 || cfNum(it["unread"]) != 0 {
-		t.Errorf("empty group item %v", it)
-	}
-	if _, has := it["last"]; has {
-		t.Errorf("empty group item has last: %v", it)
+	last, _ = it["last"].(map[string]any)
+	if cfNum(it["group"]) != g2 || it["name"] != "beta" || cfNum(it["last_seq"]) != 1 || cfNum(it["read_seq"]) != 1 || cfNum(it["unread"]) != 0 ||
+		it["public"] != false || cfNum(it["owner"]) != E || last == nil {
+		t.Errorf("new group item %v", it)
+	} else if last["kind"] != "system" || last["seq"] != betaCreated["seq"] || last["ts"] != betaCreated["ts"] || last["cmid"] != betaCreated["cmid"] || last["body"] != betaCreated["body"] {
+		t.Errorf("new group item's last %v, pushed %v", last, betaCreated)
 	}
 	// Direct item.
 	it = items[2]
@@ -846,7 +895,7 @@ func TestConformanceConvsAndRead(t *testing.T) {
 		e.send(map[string]any{"type": "read", "conv": cfG(g1), "seq": 2})
 		r := e.expect("read")
 		e2.expect("read")
-		if cfNum(r["seq"]) != 2 || cfNum(r["unread"]) != 2 {
+		if cfNum(r["seq"]) != 2 || cfNum(r["unread"]) != 3 { // created, c2, three ties
 			t.Errorf("group read %v", r)
 		}
 	})
@@ -879,8 +928,16 @@ func TestConformanceConvsAndRead(t *testing.T) {
 		e2.expect("msg")
 		m1, _ := convs(e)
 		it := cfConvItem(t, e, cfG(g1))
-		e.send(map[string]any{"type": "group_leave", "group": g1})
-		e.expect("group")
+		// E owns g1: its "left" names the new owner, F (PROTOCOL §13), and
+		// reaches E's connections too (the last push from that group).
+		if g := e.group(map[string]any{"type": "group_leave", "group": g1}, "left"); cfNum(g["owner"]) != F {
+			t.Errorf("leave: %v", g)
+		}
+		for _, c := range []*cfConn{e2, f} {
+			if m := c.expectSys("left"); m["body"] != fmt.Sprintf(`{"event":"left","owner":%d}`, F) || cfNum(m["from"]) != E {
+				t.Errorf("%s: %v", c.name, m)
+			}
+		}
 		m2, items := convs(e)
 		for _, x := range items {
 			if x["conv"] == cfG(g1) {

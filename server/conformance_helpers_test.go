@@ -470,3 +470,65 @@ func cfTCPState(t testing.TB, local, remote *net.TCPAddr) (state string, txq, rx
 // check runs (testserver.Lag): the allowed lateness is 100 ms + cfSlack()
 // + the lag observed here.
 func cfLag() func() time.Duration { return testserver.Lag() }
+
+// ---- groups, version 2 (PROTOCOL §13) ----
+
+// expectSys reads the next frame, which must be the push of a group
+// change's system message with event ev (kind "system", a "sys:" cmid, a
+// body with that event), acks it, and returns it with the body decoded
+// under "event_body".
+func (c *cfConn) expectSys(ev string) map[string]any {
+	c.t.Helper()
+	m := c.expect("msg")
+	c.checkSys(m, ev)
+	return m
+}
+
+// checkSys checks that m is the system message of event ev and acks it.
+func (c *cfConn) checkSys(m map[string]any, ev string) {
+	c.t.Helper()
+	var body map[string]any
+	cmid, _ := m["cmid"].(string)
+	if m["kind"] != "system" || !strings.HasPrefix(cmid, "sys:") || json.Unmarshal([]byte(fmt.Sprint(m["body"])), &body) != nil || body["event"] != ev {
+		c.t.Fatalf("%swant the system message of a %q event, got %v", c.label(), ev, m)
+	}
+	m["event_body"] = body
+	c.send(map[string]any{"type": "ack", "conv": m["conv"], "seq": m["seq"]})
+}
+
+// groupCall sends a group request and returns its reply (a group or an
+// error frame). When ev is set, the request's change stores a system
+// message with that event, which this connection gets pushed too, before
+// or after the reply (PROTOCOL §13 leaves their order open): it is
+// checked, acked and returned as push.
+func (c *cfConn) groupCall(f map[string]any, ev string) (reply, push map[string]any) {
+	c.t.Helper()
+	c.send(f)
+	for reply == nil || ev != "" && push == nil {
+		m := c.next()
+		switch {
+		case m["type"] == "msg" && ev != "" && push == nil:
+			c.checkSys(m, ev)
+			push = m
+		case (m["type"] == "group" || m["type"] == "error") && reply == nil:
+			reply = m
+			if m["type"] == "error" && ev != "" {
+				c.t.Fatalf("%s%v: error %v, want a %q change", c.label(), f, m, ev)
+			}
+		default:
+			c.t.Fatalf("%s%v: unexpected frame %v", c.label(), f, m)
+		}
+	}
+	return reply, push
+}
+
+// group is groupCall for a request that must succeed; it returns the
+// group reply.
+func (c *cfConn) group(f map[string]any, ev string) map[string]any {
+	c.t.Helper()
+	g, _ := c.groupCall(f, ev)
+	if g["type"] != "group" {
+		c.t.Fatalf("%s%v: got %v", c.label(), f, g)
+	}
+	return g
+}

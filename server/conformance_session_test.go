@@ -22,7 +22,7 @@ func TestConformanceSession(t *testing.T) {
 	checkWelcome := func(t *testing.T, w map[string]any, uid int64) {
 		t.Helper()
 		now := time.Now().UnixMilli()
-		if w["type"] != "welcome" || cfNum(w["version"]) != 1 || cfNum(w["uid"]) != uid ||
+		if w["type"] != "welcome" || cfNum(w["version"]) != 2 || cfNum(w["uid"]) != uid ||
 			cfNum(w["heartbeat_ms"]) != 7000 || cfNum(w["idle_timeout_ms"]) != 21000 ||
 			cfNum(w["ack_timeout_ms"]) != 3000 || cfNum(w["send_rate"]) != 42 || cfNum(w["max_body"]) != 1000 {
 			t.Fatalf("welcome %v", w)

@@ -1,6 +1,7 @@
 package server
 
 import (
+	"strings"
 	"time"
 	"unicode/utf8"
 
@@ -288,7 +289,8 @@ func (c *conn) text(p []byte) {
 		c.convs(r, rid)
 	case tHistory:
 		c.history(r, rid)
-	case tGroupCreate, tGroupJoin, tGroupLeave, tGroupMembers:
+	case tGroupCreate, tGroupJoin, tGroupLeave, tGroupMembers,
+		tGroupAdd, tGroupRemove, tGroupRename: // the last three: PROTOCOL §13
 		c.groupOp(r, rid)
 	case tReceipts:
 		c.receipts(r, rid)
@@ -339,6 +341,11 @@ func (c *conn) send(r *request, rid []byte) {
 		return
 	case len(r.kind) > 32:
 		c.errorReply(rid, cmid, storage.BadRequest, "kind is at most 32 bytes")
+		return
+	case string(r.kind) == storage.KindSystem || strings.HasPrefix(cmid, storage.SystemCMIDPrefix):
+		// PROTOCOL §13: only the server makes system messages; checked
+		// before the stored-cmid rule.
+		c.errorReply(rid, cmid, storage.BadRequest, "kind \"system\" and cmids beginning with \"sys:\" are the server's")
 		return
 	}
 	if s.draining.Load() {

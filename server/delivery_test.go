@@ -326,8 +326,8 @@ func TestWelcomeAnnouncesAckPacing(t *testing.T) {
 		if !bytes.Contains(p.welcome, []byte(tc.want)) {
 			t.Errorf("--ack-delay %v --ack-timeout %v: welcome %s, want %s", tc.delay, tc.timeout, p.welcome, tc.want)
 		}
-		if !bytes.Contains(p.welcome, []byte(`"version":1`)) {
-			t.Errorf("welcome %s: version must stay 1", p.welcome)
+		if !bytes.Contains(p.welcome, []byte(`"version":2`)) {
+			t.Errorf("welcome %s: version must be 2 (PROTOCOL §3)", p.welcome)
 		}
 		ts.stop()
 	}

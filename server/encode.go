@@ -214,6 +214,7 @@ func appendConvItem(dst []byte, it *storage.ConvItem) []byte {
 		dst = appendKeyUint(dst, `,"group":`, it.Group)
 		dst = append(dst, `,"name":`...)
 		dst = appendStr(dst, it.Name)
+		dst = appendGroupV2(dst, it.Public, it.Owner)
 	} else {
 		dst = appendKeyUint(dst, `,"peer":`, it.Peer)
 		dst = appendKeyUint(dst, `,"peer_read_seq":`, it.PeerReadSeq) // PROTOCOL §14
@@ -255,6 +256,7 @@ func appendGroup(dst, rid []byte, g *storage.GroupInfo, list bool) []byte {
 	dst = append(dst, `,"name":`...)
 	dst = appendStr(dst, g.Name)
 	dst = appendKeyUint(dst, `,"count":`, uint64(g.Count))
+	dst = appendGroupV2(dst, g.Public, g.Owner)
 	if list {
 		dst = append(dst, `,"members":[`...)
 		for i, u := range g.Members {
@@ -331,4 +333,12 @@ func appendPresence(dst, rid []byte, items []presenceItem) []byte {
 		dst = append(dst, '}')
 	}
 	return append(dst, `]}`...)
+}
+
+// appendGroupV2 appends the fields every group reply and every group item
+// of convs carry (PROTOCOL §13).
+func appendGroupV2(dst []byte, public bool, owner uint64) []byte {
+	dst = append(dst, `,"public":`...)
+	dst = strconv.AppendBool(dst, public)
+	return appendKeyUint(dst, `,"owner":`, owner)
 }

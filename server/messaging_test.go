@@ -15,7 +15,7 @@ func TestAuthFrameAndWelcome(t *testing.T) {
 	w := c.next()
 	if w["type"] != "welcome" || num(w["uid"]) != uid || num(w["heartbeat_ms"]) != 7000 ||
 		num(w["idle_timeout_ms"]) != 21000 || num(w["ack_timeout_ms"]) != 5000 ||
-		num(w["send_rate"]) != 42 || num(w["max_body"]) != 16384 || num(w["version"]) != 1 || w["server_time"] == nil {
+		num(w["send_rate"]) != 42 || num(w["max_body"]) != 16384 || num(w["version"]) != 2 || w["server_time"] == nil {
 		t.Fatalf("welcome %v", w)
 	}
 	c.send(map[string]any{"type": "auth", "token": tok, "rid": "again"})
@@ -180,7 +180,7 @@ func TestGroupGaplessConcurrentSenders(t *testing.T) {
 		}
 		seen[s] = true
 	}
-	for s := uint64(1); s <= senders*per; s++ {
+	for s := uint64(2); s <= senders*per+1; s++ { // seq 1 is the group's "created" (PROTOCOL §13)
 		if !seen[s] {
 			t.Fatalf("seq %d missing", s)
 		}

@@ -83,8 +83,11 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 				if op != 1 || !bytes.Contains(p, []byte(`"type":"msg"`)) {
 					continue
 				}
-				seq := jsonUint(p, `"seq":`)
-				if seq == 0 || seq > total {
+				// Seq 1 is the group's "created" (PROTOCOL §13), stored
+				// before the server started: the burst is seqs 2…total+1.
+				wire := jsonUint(p, `"seq":`)
+				seq := wire - 1
+				if wire <= 1 || seq > total {
 					r.err = fmt.Errorf("bad push %s", p)
 					return
 				}
@@ -96,7 +99,7 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 					}
 					maxSeen = max(maxSeen, seq)
 				}
-				ack := fmt.Sprintf(`{"type":"ack","conv":%q,"seq":%d}`, conv, seq)
+				ack := fmt.Sprintf(`{"type":"ack","conv":%q,"seq":%d}`, conv, wire)
 				if _, err := nc.Write(wstest.ClientFrame(true, 1, []byte(ack), true, key)); err != nil {
 					if e, _ := dialErr.Load().(error); e == nil {
 						dialErr.Store(err)

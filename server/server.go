@@ -150,14 +150,16 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	}
 	s.store = store
 	s.registerStoreMetrics(store)
+	// The router runs before EnsureDemo: the lobby's system messages go
+	// through OnSent (to nobody yet).
+	go s.route()
+	defer close(s.rt.stop)
 	if cfg.Demo {
 		if err := store.EnsureDemo(func(pw string) []byte { return HashPassword(pw) }); err != nil {
 			store.Close()
 			return fmt.Errorf("create demo data: %w", err)
 		}
 	}
-	go s.route()
-	defer close(s.rt.stop)
 	s.registerLoopCounters()
 	s.m.reg.MustRegister(buildInfoGauge(bi))
 	s.wheel = wheel.New(wheel.Options{})
@@ -425,7 +427,7 @@ func (s *Server) ackDelay() time.Duration {
 // appendWelcome appends the welcome frame (PROTOCOL §3; ack_delay_ms and
 // max_inflight are Magpie extensions, docs/PROTOCOL.md). Any goroutine.
 func (s *Server) appendWelcome(dst []byte, uid uint64) []byte {
-	dst = append(dst, `{"type":"welcome","version":1`...)
+	dst = append(dst, `{"type":"welcome","version":2`...)
 	dst = appendKeyUint(dst, `,"uid":`, uid)
 	dst = appendKeyUint(dst, `,"heartbeat_ms":`, uint64(s.cfg.Heartbeat.Milliseconds()))
 	dst = appendKeyUint(dst, `,"idle_timeout_ms":`, uint64(s.cfg.IdleTimeout.Milliseconds()))

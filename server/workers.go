@@ -167,35 +167,47 @@ func (c *conn) history(r *request, rid []byte) {
 	})
 }
 
-// groupOp validates and offloads group_create, group_join, group_leave and group_members. REQUIRES: owning event loop.
+// groupOp validates and offloads group_create, group_join, group_leave,
+// group_members and (PROTOCOL §13) group_add, group_remove and
+// group_rename. The fields are checked here, first (§13's order); the
+// rest in the store. A change's system message reaches every connection
+// through the store's OnSent and the router, like a send; this only
+// answers the request. REQUIRES: owning event loop.
 func (c *conn) groupOp(r *request, rid []byte) {
 	s := c.lp.srv
 	uid, ridS, typ := c.uid, string(rid), r.typ
 	var (
 		name    string
 		members []uint64
+		public  = r.public
 		gid     = r.group
 		after   = r.after
 		limit   = int64(1000)
 	)
+	if typ != tGroupCreate && (r.has&hasGroup == 0 || gid == 0) {
+		c.errorReply(rid, "", storage.BadRequest, "group is required")
+		return
+	}
 	switch typ {
-	case tGroupCreate:
+	case tGroupCreate, tGroupRename:
 		if r.has&hasName == 0 || len(r.name) < 1 || len(r.name) > 64 {
 			c.errorReply(rid, "", storage.BadRequest, "name must be 1-64 bytes")
 			return
 		}
 		name = string(r.name)
-		members = append([]uint64(nil), r.members...)
-	default:
-		if r.has&hasGroup == 0 || gid == 0 {
-			c.errorReply(rid, "", storage.BadRequest, "group is required")
+		if typ == tGroupCreate {
+			members = append([]uint64(nil), r.members...)
+		}
+	case tGroupAdd, tGroupRemove:
+		if r.has&hasMembers == 0 || len(r.members) < 1 || len(r.members) > maxChangeMembers {
+			c.errorReply(rid, "", storage.BadRequest, "members must hold 1-1000 positive uids")
 			return
 		}
-		if typ == tGroupMembers {
-			var ok bool
-			if limit, ok = c.limitArg(r, rid, limit, 10000); !ok {
-				return
-			}
+		members = append([]uint64(nil), r.members...)
+	case tGroupMembers:
+		var ok bool
+		if limit, ok = c.limitArg(r, rid, limit, 10000); !ok {
+			return
 		}
 	}
 	s.offload(c, ridS, func() {
@@ -206,7 +218,7 @@ func (c *conn) groupOp(r *request, rid []byte) {
 		)
 		switch typ {
 		case tGroupCreate:
-			g, err = s.store.CreateGroup(uid, name, members)
+			g, err = s.store.CreateGroupWith(uid, name, members, public)
 			list = true
 		case tGroupJoin:
 			g, err = s.store.JoinGroup(uid, gid)
@@ -215,6 +227,12 @@ func (c *conn) groupOp(r *request, rid []byte) {
 		case tGroupMembers:
 			g, err = s.store.GroupMembers(uid, gid, after, int(limit))
 			list = true
+		case tGroupAdd:
+			g, err = s.store.AddMembers(uid, gid, members)
+		case tGroupRemove:
+			g, err = s.store.RemoveMembers(uid, gid, members)
+		case tGroupRename:
+			g, err = s.store.RenameGroup(uid, gid, name)
 		}
 		if err != nil {
 			s.replyErr(c, ridS, err)
@@ -223,6 +241,10 @@ func (c *conn) groupOp(r *request, rid []byte) {
 		s.replyTo(c, textFrame(appendGroup(nil, []byte(ridS), &g, list)))
 	})
 }
+
+// maxChangeMembers bounds the members of group_add and group_remove,
+// counted as sent (PROTOCOL §13).
+const maxChangeMembers = 1000
 
 // limitArg returns the request's limit (def when absent, capped at most),
 // or answers bad_request for a limit below 1 and reports false.

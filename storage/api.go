@@ -27,10 +27,10 @@ const (
 	BadRequest  Code = "bad_request"
 	NotFound    Code = "not_found"
 	NotMember   Code = "not_member"
+	Forbidden   Code = "forbidden" // PROTOCOL §13 (and §14)
 	TooLarge    Code = "too_large"
 	RateLimited Code = "rate_limited"
 	Internal    Code = "internal"
-	Forbidden   Code = "forbidden"
 )
 
 // Error is a client-visible failure.
@@ -64,7 +64,11 @@ type Options struct {
 	// order). It must not block for long and must not keep the slice (the
 	// *Send values may be kept). Every submitted *Send arrives exactly
 	// once: stored ones, Dup ones, and refused ones (Err set; Internal for
-	// every send of a batch whose commit failed). It must not call a
+	// every send of a batch whose commit failed). The system messages of
+	// group changes (PROTOCOL §13) arrive here too, as stored Sends that
+	// nobody submitted: Tag nil, Kind KindSystem, Recipients every member
+	// after the change plus the users it removed or who left (see
+	// CreateGroupWith). It must not call a
 	// blocking write (CreateUser, MarkRead, groups…): the committer would
 	// wait for itself. Submit and the read methods are fine.
 	OnSent func(batch []*Send)
@@ -272,6 +276,14 @@ type Send struct {
 	Recipients []uint64 // every member uid of the conversation (the sender too); shared and immutable: never modify
 }
 
+// KindSystem is the kind of the messages that record group changes
+// (PROTOCOL §13); their cmids begin with SystemCMIDPrefix. A client may
+// send neither (the server refuses them at its fields check).
+const (
+	KindSystem       = "system"
+	SystemCMIDPrefix = "sys:"
+)
+
 // Submit queues m for the committer without blocking. It returns an *Error
 // with RateLimited when the queue is full or the store is closing; then
 // nothing is stored and OnSent is never called for m.
@@ -364,25 +376,43 @@ type GroupInfo struct {
 	Name    string
 	Count   int
 	Owner   uint64   // the creator; after the owner leaves, the member with the lowest uid; 0 when empty
-	Public  bool     // always false until PROTOCOL §13 is implemented
+	Public  bool     // anyone may join (PROTOCOL §13)
 	Members []uint64 // only for CreateGroup and GroupMembers
 	More    bool
 }
 
-// CreateGroup creates a group of creator plus members (duplicates ignored;
-// an unknown uid: NotFound, nothing created).
+// Group changes (PROTOCOL §13). Each one that changes something stores,
+// in the same Pebble batch as the change, a system message in the group's
+// conversation (Kind KindSystem, From the acting uid, CMID
+// "sys:<gid>:<seq>", Body the event's JSON) and hands it to OnSent with
+// Recipients = the members after the change, plus the users it removed
+// or who left. The acting user's read_seq moves to that message's seq;
+// users put in by someone else start at seq − 1. A request that changes
+// nothing stores nothing and is answered as usual.
+
+// CreateGroup creates a private group of creator plus members (duplicates
+// ignored; an unknown uid: NotFound, nothing created). The creator owns it.
 func (s *Store) CreateGroup(creator uint64, name string, members []uint64) (GroupInfo, error) {
+	return s.CreateGroupWith(creator, name, members, false)
+}
+
+// CreateGroupWith is CreateGroup with the group's visibility: a public
+// group may be joined by anyone.
+func (s *Store) CreateGroupWith(creator uint64, name string, members []uint64, public bool) (GroupInfo, error) {
 	if e := validGroupName(name); e != nil {
 		return GroupInfo{}, e
 	}
-	r := &request{kind: reqCreateGroup, uid: creator, name: name, members: members}
+	r := &request{kind: reqCreateGroup, uid: creator, name: name, members: members, public: public}
 	if err := s.do(r); err != nil {
 		return GroupInfo{}, err
 	}
 	return r.info, nil
 }
 
-// JoinGroup adds uid (idempotent); the joiner's read_seq starts at last_seq.
+// JoinGroup adds uid to a public group (idempotent: a member is answered
+// as usual); a private group: Forbidden for a non-member. The joiner's
+// read_seq starts at the seq of the "joined" message; whoever joins an
+// empty group owns it.
 func (s *Store) JoinGroup(uid, gid uint64) (GroupInfo, error) {
 	r := &request{kind: reqJoinGroup, uid: uid, gid: gid}
 	if err := s.do(r); err != nil {
@@ -391,9 +421,56 @@ func (s *Store) JoinGroup(uid, gid uint64) (GroupInfo, error) {
 	return r.info, nil
 }
 
-// LeaveGroup removes uid (NotMember if not a member).
+// LeaveGroup removes uid (NotMember if not a member). When the owner
+// leaves, the remaining member with the lowest uid owns the group (0 when
+// it is empty).
 func (s *Store) LeaveGroup(uid, gid uint64) (GroupInfo, error) {
 	r := &request{kind: reqLeaveGroup, uid: uid, gid: gid}
+	if err := s.do(r); err != nil {
+		return GroupInfo{}, err
+	}
+	return r.info, nil
+}
+
+// AddMembers adds members (1–1000 positive uids, repeats allowed) to gid
+// on uid's request. Checks, in order: the list (BadRequest), the group
+// (NotFound), uid is a member (NotMember), every uid exists (NotFound,
+// nothing added). Uids already members are ignored.
+func (s *Store) AddMembers(uid, gid uint64, members []uint64) (GroupInfo, error) {
+	if e := validMemberList(members); e != nil {
+		return GroupInfo{}, e
+	}
+	r := &request{kind: reqAddMembers, uid: uid, gid: gid, members: members}
+	if err := s.do(r); err != nil {
+		return GroupInfo{}, err
+	}
+	return r.info, nil
+}
+
+// RemoveMembers removes members (1–1000 positive uids) from gid on the
+// owner uid's request. Checks, in order: the list (BadRequest), the group
+// (NotFound), uid is a member (NotMember), uid owns the group
+// (Forbidden), the owner's own uid is not in the list (BadRequest). Uids
+// that are not members are ignored.
+func (s *Store) RemoveMembers(uid, gid uint64, members []uint64) (GroupInfo, error) {
+	if e := validMemberList(members); e != nil {
+		return GroupInfo{}, e
+	}
+	r := &request{kind: reqRemoveMembers, uid: uid, gid: gid, members: members}
+	if err := s.do(r); err != nil {
+		return GroupInfo{}, err
+	}
+	return r.info, nil
+}
+
+// RenameGroup renames gid on the owner uid's request. Checks, in order:
+// the name (BadRequest, 1–64 bytes), the group (NotFound), member
+// (NotMember), owner (Forbidden). The current name stores nothing.
+func (s *Store) RenameGroup(uid, gid uint64, name string) (GroupInfo, error) {
+	if e := validGroupName(name); e != nil {
+		return GroupInfo{}, e
+	}
+	r := &request{kind: reqRenameGroup, uid: uid, gid: gid, name: name}
 	if err := s.do(r); err != nil {
 		return GroupInfo{}, err
 	}
@@ -406,7 +483,10 @@ func (s *Store) GroupMembers(uid, gid, after uint64, limit int) (GroupInfo, erro
 }
 
 // EnsureDemo creates what is missing of users alice, bob, carol (password
-// hash from hash("password")) and a group "lobby" with all three. Idempotent.
+// hash from hash("password")) and a public group "lobby" with all three,
+// owned by alice. A lobby created before groups could be public is made
+// public. A demo user who left the lobby is put back (a "joined" message
+// from that user). Idempotent.
 func (s *Store) EnsureDemo(hash func(password string) []byte) error {
 	// Hash outside the committer (bcrypt is slow), only for missing users.
 	r := &request{kind: reqDemo, demo: make(map[string][]byte)}

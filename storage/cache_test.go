@@ -185,7 +185,7 @@ func testCacheStress(t *testing.T) {
 	for i := range users {
 		uids = append(uids, s.user(fmt.Sprint("u", i)))
 	}
-	g := s.group(uids[0], "g", uids[1:5]...)
+	g := s.pubGroup(uids[0], "g", uids[1:5]...)
 	rounds := 200
 	if testing.Short() {
 		rounds = 60
@@ -216,6 +216,22 @@ func testCacheStress(t *testing.T) {
 	}
 	writers.Add(1)
 	go s.churn(&writers, uids[6], g, rounds/4)
+	// The owner adds, renames and removes (PROTOCOL §13).
+	writers.Add(1)
+	go func() {
+		defer writers.Done()
+		for j := range rounds / 4 {
+			if _, err := s.AddMembers(uids[0], g, []uint64{uids[5], uids[7]}); err != nil {
+				t.Error(err)
+			}
+			if _, err := s.RenameGroup(uids[0], g, fmt.Sprint("g", j)); err != nil {
+				t.Error(err)
+			}
+			if _, err := s.RemoveMembers(uids[0], g, []uint64{uids[7], uids[5]}); err != nil {
+				t.Error(err)
+			}
+		}
+	}()
 	for r := range 4 {
 		readers.Add(1)
 		go func() {
@@ -355,14 +371,16 @@ func TestReadersSeeOnlyDurable(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		// The group's first message is its "created" (PROTOCOL §13).
+		durable := map[string]uint64{"d:1:2": 1, GroupConv(g): 2}
 		for _, it := range items {
-			if it.LastSeq != 1 || it.Last.Body != "durable" {
+			if it.LastSeq != durable[it.Conv] || it.Last.Body != "durable" {
 				t.Fatalf("uid %d sees %s at %d (%q) before it is durable", uid, it.Conv, it.LastSeq, it.Last.Body)
 			}
 		}
-		for _, conv := range []string{"d:1:2", GroupConv(g)} {
-			if ms := s.all(uid, conv); len(ms) != 1 {
-				t.Fatalf("uid %d reads %d messages of %s before the second is durable", uid, len(ms), conv)
+		for conv, n := range durable {
+			if ms := s.all(uid, conv); uint64(len(ms)) != n {
+				t.Fatalf("uid %d reads %d messages of %s before the last is durable", uid, len(ms), conv)
 			}
 		}
 	}

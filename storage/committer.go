@@ -18,7 +18,10 @@ import (
 // Every other write (users, groups, demo) is a barrier: it runs alone in its
 // own batch, after the batch in preparation is committed. Those writes are
 // rare, and a barrier means no batch ever sees a pending membership change,
-// so membership and user sets need no head/published split (state.go).
+// so membership and user sets need no head/published split (state.go). A
+// group change stores its system message in its own batch (groups.go):
+// the change and its message are one atomic commit, and the message takes
+// the next seq of the group after every send committed before it.
 
 // reqKind is the kind of a blocking operation.
 type reqKind uint8
@@ -30,6 +33,9 @@ const (
 	reqCreateGroup
 	reqJoinGroup
 	reqLeaveGroup
+	reqAddMembers
+	reqRemoveMembers
+	reqRenameGroup
 	reqDemo
 	reqLastSeen // batched with sends (presence.go)
 )
@@ -44,6 +50,7 @@ type request struct {
 	name    string
 	hash    []byte
 	members []uint64
+	public  bool // CreateGroup
 	users   []User
 	demo    map[string][]byte // lower-case name → hash, for missing demo users
 	seen    lastSeenBatch     // reqLastSeen
@@ -54,7 +61,10 @@ type request struct {
 	ids  []uint64
 	info GroupInfo
 	grew uint64 // MarkRead: the read_seq it set; 0 when the mark did not move
-	done chan struct{}
+	// sends are the system messages the barrier stored (groups.go),
+	// handed to OnSent once it is durable.
+	sends []*Send
+	done  chan struct{}
 }
 
 // barrier reports whether r runs alone in its own batch; read marks and

@@ -3,11 +3,13 @@ package storage
 import (
 	"bufio"
 	"bytes"
+	"encoding/json"
 	"fmt"
 	"io"
 	"math/rand/v2"
 	"os"
 	"os/exec"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -21,6 +23,11 @@ import (
 // number of reports, reopens the directory and checks that every reported
 // message is there exactly once, unchanged, with gapless seqs. Several
 // rounds on one directory check that seqs continue after each crash.
+// Meanwhile the group's members change (the owner adds and removes, other
+// users join and leave: PROTOCOL §13), and the parent checks that the
+// group's system messages, replayed from seq 1, give exactly its members
+// and owner: no change without its message, no message without its
+// change.
 
 const (
 	crashEnv      = "MAGPIE_STORAGE_CRASH_DIR"
@@ -28,6 +35,10 @@ const (
 	crashRoundEnv = "MAGPIE_STORAGE_CRASH_ROUND"
 	crashUsers    = 6
 	crashSenders  = 8
+	// Users crashUsers+1 … crashUsers+crashChurn are not senders: the
+	// owner (uid 1) adds and removes the first half, the rest join and
+	// leave the (public) group themselves.
+	crashChurn = 4
 )
 
 func TestCrashChild(t *testing.T) {
@@ -51,7 +62,9 @@ func TestCrashChild(t *testing.T) {
 			os.Stdout.Write(buf.Bytes()) // one write per batch, before the senders hear of it
 			out.Unlock()
 			for _, m := range batch {
-				m.Tag.(chan struct{}) <- struct{}{}
+				if ch, ok := m.Tag.(chan struct{}); ok { // nil for a system message
+					ch <- struct{}{}
+				}
 			}
 		},
 	})
@@ -91,6 +104,30 @@ func TestCrashChild(t *testing.T) {
 			}
 		}()
 	}
+	for i := range crashChurn {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			uid := uint64(crashUsers + 1 + i)
+			for j := 0; time.Now().Before(deadline); j++ {
+				var err error
+				switch {
+				case i < crashChurn/2 && j%2 == 0:
+					_, err = s.AddMembers(1, g, []uint64{uid, uid + 1})
+				case i < crashChurn/2:
+					_, err = s.RemoveMembers(1, g, []uint64{uid})
+				case j%2 == 0:
+					_, err = s.JoinGroup(uid, g)
+				default:
+					_, err = s.LeaveGroup(uid, g)
+				}
+				if err != nil {
+					t.Error(err)
+					return
+				}
+			}
+		}()
+	}
 	wg.Wait()
 	s.Close()
 }
@@ -115,10 +152,10 @@ func TestCrashRecovery(t *testing.T) {
 			dir := t.TempDir()
 			s := openT(t, dir, Options{Fsync: fsync})
 			var uids []uint64
-			for i := range crashUsers {
+			for i := range crashUsers + crashChurn {
 				uids = append(uids, s.user(fmt.Sprintf("u%d", i)))
 			}
-			s.group(uids[0], "crash", uids[1:]...)
+			s.pubGroup(uids[0], "crash", uids[1:crashUsers]...)
 			if err := s.Close(); err != nil {
 				t.Fatal(err)
 			}
@@ -238,6 +275,7 @@ func verifyCrash(t *testing.T, s *tstore, all map[string]reported) {
 			t.Fatalf("reported %+v, stored %+v", r, m)
 		}
 	}
+	checkGroupReplay(t, s, 1, 1, crashUsers)
 	// Reported cmids are still deduplicated.
 	n := 0
 	for key, r := range all {
@@ -250,4 +288,91 @@ func verifyCrash(t *testing.T, s *tstore, all map[string]reported) {
 		}
 	}
 	t.Logf("verified %d reported of %d stored messages", len(all), len(stored))
+}
+
+// checkGroupReplay replays group gid's system messages from seq 1 (it was
+// created by owner with members 1…n) and checks that they give exactly
+// its members and owner now (PROTOCOL §13: every membership change is a
+// message in the same commit).
+func checkGroupReplay(t *testing.T, s *tstore, gid, owner uint64, n int) {
+	t.Helper()
+	members := map[uint64]bool{}
+	for uid := uint64(1); uid <= uint64(n); uid++ {
+		members[uid] = true
+	}
+	curOwner := uint64(0)
+	changes := 0
+	for _, m := range s.all(owner, GroupConv(gid)) {
+		if m.Kind != KindSystem {
+			continue
+		}
+		if !strings.HasPrefix(m.CMID, SystemCMIDPrefix) {
+			t.Fatalf("system message with cmid %q", m.CMID)
+		}
+		changes++
+		var ev struct {
+			Event   string   `json:"event"`
+			Members []uint64 `json:"members"`
+			Owner   *uint64  `json:"owner"`
+			Count   int      `json:"count"`
+		}
+		if err := json.Unmarshal([]byte(m.Body), &ev); err != nil {
+			t.Fatalf("seq %d: body %q: %v", m.Seq, m.Body, err)
+		}
+		switch ev.Event {
+		case "created":
+			if m.Seq != 1 || ev.Count != n {
+				t.Fatalf("created %+v", m)
+			}
+			curOwner = m.From
+		case "added":
+			for _, u := range ev.Members {
+				if members[u] {
+					t.Fatalf("seq %d adds member %d", m.Seq, u)
+				}
+				members[u] = true
+			}
+		case "removed":
+			for _, u := range ev.Members {
+				if !members[u] {
+					t.Fatalf("seq %d removes non-member %d", m.Seq, u)
+				}
+				delete(members, u)
+			}
+		case "joined":
+			if members[m.From] {
+				t.Fatalf("seq %d: member %d joins", m.Seq, m.From)
+			}
+			if len(members) == 0 {
+				curOwner = m.From
+			}
+			members[m.From] = true
+		case "left":
+			if !members[m.From] {
+				t.Fatalf("seq %d: non-member %d leaves", m.Seq, m.From)
+			}
+			delete(members, m.From)
+			if (ev.Owner != nil) != (m.From == curOwner) {
+				t.Fatalf("seq %d: %q by %d, owner %d", m.Seq, m.Body, m.From, curOwner)
+			}
+			if ev.Owner != nil {
+				curOwner = *ev.Owner
+			}
+		default:
+			t.Fatalf("seq %d: unexpected event %q", m.Seq, m.Body)
+		}
+	}
+	gi, err := s.GroupMembers(owner, gid, 0, 10000)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var want []uint64
+	for u := range members {
+		want = append(want, u)
+	}
+	slices.Sort(want)
+	if !slices.Equal(gi.Members, want) || gi.Count != len(want) || gi.Owner != curOwner {
+		t.Fatalf("group %d: members %v count %d owner %d; its messages say %v owner %d", gid, gi.Members, gi.Count, gi.Owner, want, curOwner)
+	}
+	t.Logf("group %d: %d system messages replayed", gid, changes)
 }

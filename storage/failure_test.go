@@ -24,16 +24,9 @@ func testCommitFailure(t *testing.T) {
 	}{{true, false}, {false, false}, {true, true}} {
 		fsync, barrier := tc.fsync, tc.barrier
 		t.Run(fmt.Sprintf("fsync=%v,barrier=%v", fsync, barrier), func(t *testing.T) {
-			var failing atomic.Bool
-			inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
-				if failing.Load() && strings.HasSuffix(op.Path, ".log") &&
-					(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) {
-					return errorfs.ErrInjected
-				}
-				return nil
-			})
+			failing, fs := walFailFS()
 			dir := t.TempDir()
-			s := openT(t, dir, Options{Fsync: fsync, fs: errorfs.Wrap(vfs.Default, inj)})
+			s := openT(t, dir, Options{Fsync: fsync, fs: fs})
 			a, b := s.user("a"), s.user("b")
 			ok := s.sendOK(a, "ok", b, 0, "stored")
 
@@ -82,6 +75,20 @@ func testCommitFailure(t *testing.T) {
 			}
 		})
 	}
+}
+
+// walFailFS is the OS filesystem whose WAL writes and syncs fail while
+// failing is set.
+func walFailFS() (failing *atomic.Bool, fs vfs.FS) {
+	failing = new(atomic.Bool)
+	inj := errorfs.InjectorFunc(func(op errorfs.Op) error {
+		if failing.Load() && strings.HasSuffix(op.Path, ".log") &&
+			(op.Kind == errorfs.OpFileWrite || op.Kind == errorfs.OpFileSync || op.Kind == errorfs.OpFileSyncData) {
+			return errorfs.ErrInjected
+		}
+		return nil
+	})
+	return failing, errorfs.Wrap(vfs.Default, inj)
 }
 
 func copyDir(t *testing.T, from, to string) {

@@ -141,6 +141,48 @@ func (ts *tstore) group(creator uint64, name string, members ...uint64) uint64 {
 	return gi.ID
 }
 
+// lastSystem returns (a copy of) the last system message OnSent got.
+func (ts *tstore) lastSystem() Send {
+	ts.t.Helper()
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	for i := len(ts.batches) - 1; i >= 0; i-- {
+		b := ts.batches[i]
+		for j := len(b) - 1; j >= 0; j-- {
+			if b[j].Kind == KindSystem {
+				return b[j]
+			}
+		}
+	}
+	ts.t.Fatal("no system message was handed to OnSent")
+	return Send{}
+}
+
+// systems returns (copies of) every system message OnSent got, in order.
+func (ts *tstore) systems() []Send {
+	ts.mu.Lock()
+	defer ts.mu.Unlock()
+	var out []Send
+	for _, b := range ts.batches {
+		for _, m := range b {
+			if m.Kind == KindSystem {
+				out = append(out, m)
+			}
+		}
+	}
+	return out
+}
+
+// pubGroup creates a public group (PROTOCOL §13: anyone may join it).
+func (ts *tstore) pubGroup(creator uint64, name string, members ...uint64) uint64 {
+	ts.t.Helper()
+	gi, err := ts.CreateGroupWith(creator, name, members, true)
+	if err != nil {
+		ts.t.Fatalf("CreateGroupWith %s: %v", name, err)
+	}
+	return gi.ID
+}
+
 // all returns the whole history of conv.
 func (ts *tstore) all(uid uint64, conv string) []Message {
 	ts.t.Helper()

@@ -1,6 +1,7 @@
 package storage
 
 import (
+	"fmt"
 	"slices"
 	"strconv"
 	"testing"
@@ -39,14 +40,14 @@ func testLargeGroup(t *testing.T) {
 	s := newT(t)
 	uids := importN(t, s, n+1, "m")
 	members, outsider := uids[:n], uids[n]
-	gi, err := s.CreateGroup(members[0], "big", members[1:])
+	gi, err := s.CreateGroupWith(members[0], "big", members[1:], true)
 	if err != nil || gi.Count != n || len(gi.Members) != n || gi.Owner != members[0] {
 		t.Fatalf("create: count %d, %d members listed, %v", gi.Count, len(gi.Members), err)
 	}
 	g := gi.ID
 	for i, from := range []uint64{members[0], members[n/2], members[n-1]} {
 		m := s.send(&Send{From: from, CMID: "c" + strconv.Itoa(i), Group: g, Body: "to everyone"})
-		if m.Err != nil || len(m.Recipients) != n || m.Recipients[n-1] != members[n-1] || m.Msg.Seq != uint64(i+1) {
+		if m.Err != nil || len(m.Recipients) != n || m.Recipients[n-1] != members[n-1] || m.Msg.Seq != uint64(i+2) { // after "created"
 			t.Fatalf("send %d: err %v, %d recipients, seq %d", i, m.Err, len(m.Recipients), m.Msg.Seq)
 		}
 	}
@@ -77,21 +78,27 @@ func testLargeGroup(t *testing.T) {
 	if gi, err := s.JoinGroup(outsider, g); err != nil || gi.Count != n+1 {
 		t.Fatalf("join: %+v %v", gi, err)
 	}
+	if b := s.lastSystem(); b.Msg.Seq != 5 || b.Msg.Body != `{"event":"joined"}` || len(b.Recipients) != n+1 {
+		t.Fatalf("joined: seq %d %q, %d recipients", b.Msg.Seq, b.Msg.Body, len(b.Recipients))
+	}
 	if m := s.send(&Send{From: outsider, CMID: "joined", Group: g, Body: "x"}); m.Err != nil || len(m.Recipients) != n+1 {
 		t.Fatalf("send after join: %v, %d recipients", m.Err, len(m.Recipients))
 	}
 	if gi, err := s.LeaveGroup(members[0], g); err != nil || gi.Count != n || gi.Owner != members[1] {
 		t.Fatalf("owner leaves: %+v %v", gi, err)
 	}
+	if b := s.lastSystem(); b.Msg.Seq != 7 || b.Msg.Body != fmt.Sprintf(`{"event":"left","owner":%d}`, members[1]) || len(b.Recipients) != n+1 {
+		t.Fatalf("left: seq %d %q, %d recipients", b.Msg.Seq, b.Msg.Body, len(b.Recipients))
+	}
 	m := s.send(&Send{From: members[1], CMID: "left", Group: g, Body: "x"})
 	if m.Err != nil || len(m.Recipients) != n || slices.Contains(m.Recipients, members[0]) {
 		t.Fatalf("send after leave: %v, %d recipients", m.Err, len(m.Recipients))
 	}
 	items, total, err := s.Convs(members[n/3])
-	if err != nil || len(items) != 1 || items[0].LastSeq != 5 || items[0].Unread != 5 || total != 5 {
+	if err != nil || len(items) != 1 || items[0].LastSeq != 8 || items[0].Unread != 8 || total != 8 {
 		t.Fatalf("a member's convs %+v %d %v", items, total, err)
 	}
-	if got := s.all(outsider, GroupConv(g)); len(got) != 5 {
+	if got := s.all(outsider, GroupConv(g)); len(got) != 8 {
 		t.Fatalf("history %d", len(got))
 	}
 	s = s.reopen()

@@ -74,8 +74,21 @@ func testMigrateV1Fixture(t *testing.T) {
 	if gi, err := s.CreateGroup(7, "new", nil); err != nil || gi.ID != 5 {
 		t.Fatalf("next gid %+v %v", gi, err)
 	}
-	if gi, err := s.JoinGroup(6, 4); err != nil || gi.Count != 1 || gi.Owner != 6 {
-		t.Fatalf("join the empty group: %+v %v", gi, err)
+	// Groups from before the upgrade are private (PROTOCOL §13): the empty
+	// one cannot be joined; a member adds someone, and that change is the
+	// group's first system message, after the migrated ones (none were
+	// made up for the past).
+	if _, err := s.JoinGroup(6, 4); codeOf(err) != Forbidden {
+		t.Fatalf("join the empty migrated group: %v, want forbidden", err)
+	}
+	if _, err := s.JoinGroup(6, 2); codeOf(err) != Forbidden {
+		t.Fatalf("join a migrated group: %v, want forbidden", err)
+	}
+	if gi, err := s.AddMembers(5, 2, []uint64{6}); err != nil || gi.Count != 4 || gi.Owner != 4 || gi.Public {
+		t.Fatalf("add to a migrated group: %+v %v", gi, err)
+	}
+	if ms := s.all(6, "g:2"); len(ms) != 3 || ms[2].Kind != KindSystem || ms[2].From != 5 || ms[2].Body != `{"event":"added","members":[6]}` {
+		t.Fatalf("history after the first change: %+v", ms)
 	}
 
 	// A second Open does not migrate again.
@@ -87,8 +100,11 @@ func testMigrateV1Fixture(t *testing.T) {
 	if strings.Contains(logs2.String(), "migrat") {
 		t.Fatalf("migrated twice:\n%s", logs2)
 	}
-	if gi, err := s.GroupMembers(6, 4, 0, 10); err != nil || gi.Owner != 6 || !slices.Equal(gi.Members, []uint64{6}) {
+	if gi, err := s.GroupMembers(6, 2, 0, 10); err != nil || gi.Owner != 4 || !slices.Equal(gi.Members, []uint64{1, 4, 5, 6}) {
 		t.Fatalf("after reopen: %+v %v", gi, err)
+	}
+	if items, total, err := s.Convs(6); err != nil || total != 1 || len(items) != 2 || items[0].Conv != "g:2" || items[0].ReadSeq != 2 {
+		t.Fatalf("Frank's convs after being added: %+v %d %v", items, total, err)
 	}
 }
 

@@ -17,9 +17,15 @@ func TestMarkReadGrew(t *testing.T) {
 			s.sendOK(a, "d"+string(rune('0'+i)), b, 0, "x")
 			s.sendOK(a, "g"+string(rune('0'+i)), 0, g, "x")
 		}
-		for _, conv := range []string{"d:1:2", GroupConv(g)} {
+		// The group's seq 1 is its "created" system message (§13), so its
+		// last seq is 4 where the direct conversation's is 3.
+		for _, c := range []struct {
+			conv string
+			last uint64
+		}{{"d:1:2", 3}, {GroupConv(g), 4}} {
+			conv, last := c.conv, c.last
 			steps := []struct{ seq, read, grew uint64 }{
-				{2, 2, 2}, {2, 2, 0}, {1, 2, 0}, {9, 3, 3}, {9, 3, 0},
+				{2, 2, 2}, {2, 2, 0}, {1, 2, 0}, {9, last, last}, {9, last, 0},
 			}
 			for _, st := range steps {
 				read, _, _, grew, err := s.MarkReadGrew(b, conv, st.seq)
@@ -28,7 +34,7 @@ func TestMarkReadGrew(t *testing.T) {
 				}
 			}
 			// a's sends moved a's mark: a read of what a sent does not grow it.
-			if _, _, _, grew, err := s.MarkReadGrew(a, conv, 3); err != nil || grew != 0 {
+			if _, _, _, grew, err := s.MarkReadGrew(a, conv, last); err != nil || grew != 0 {
 				t.Fatalf("%s: sender's read grew %d %v, want 0", conv, grew, err)
 			}
 		}
@@ -120,15 +126,16 @@ func TestReadMarks(t *testing.T) {
 		if rs, err := s.ReadMarks(a, "d:1:2", 0); err != nil || !slices.Equal(rs, []ReadState{{b, 1}}) {
 			t.Fatalf("direct after read: %v %v", rs, err)
 		}
+		// The group's seq 1 is its "created" system message; b's send is 2.
 		g := s.group(a, "g", b, c)
 		s.sendOK(b, "g1", 0, g, "x")
 		if _, _, _, err := s.MarkRead(c, GroupConv(g), 1); err != nil {
 			t.Fatal(err)
 		}
-		if rs, err := s.ReadMarks(a, GroupConv(g), 3); err != nil || !slices.Equal(rs, []ReadState{{b, 1}, {c, 1}}) {
+		if rs, err := s.ReadMarks(a, GroupConv(g), 3); err != nil || !slices.Equal(rs, []ReadState{{b, 2}, {c, 1}}) {
 			t.Fatalf("group: %v %v", rs, err)
 		}
-		if rs, err := s.ReadMarks(b, GroupConv(g), 3); err != nil || !slices.Equal(rs, []ReadState{{a, 0}, {c, 1}}) {
+		if rs, err := s.ReadMarks(b, GroupConv(g), 3); err != nil || !slices.Equal(rs, []ReadState{{a, 1}, {c, 1}}) {
 			t.Fatalf("group from b: %v %v", rs, err)
 		}
 		// Checks in order: conv errors first, then the size.

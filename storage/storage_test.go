@@ -220,7 +220,7 @@ func testSendRules(t *testing.T) {
 	s.sendOK(a, "max", b, 0, "1234567890")
 
 	gm := s.sendOK(b, "g1", 0, g, "to group")
-	if gm.Conv != fmt.Sprintf("g:%d", g) || gm.Seq != 1 {
+	if gm.Conv != fmt.Sprintf("g:%d", g) || gm.Seq != 2 { // after "created"
 		t.Fatalf("group message %+v", gm)
 	}
 	r = s.send(&Send{From: a, CMID: "g2", Group: g, Body: "x", Kind: "sticker"})
@@ -228,7 +228,8 @@ func testSendRules(t *testing.T) {
 		t.Fatalf("group send %+v", r)
 	}
 	st := s.Stats()
-	if st.Stored != 6 || st.Dups != 5 || st.Rejected != 8 {
+	if st.Stored != 7 || st.Dups != 5 || st.Rejected != 8 { // the "created" message counts
+
 		t.Fatalf("stats %+v", st)
 	}
 }
@@ -328,13 +329,18 @@ func testDedupSameBatchAndQueue(t *testing.T) {
 
 func TestGaplessConcurrentGroup(t *testing.T) { forCaches(t, testGaplessConcurrentGroup) }
 
+// testGaplessConcurrentGroup: concurrent senders and, between their
+// batches, membership and name changes (barriers with their system
+// messages, PROTOCOL §13) share one gapless seq sequence, and OnSent
+// sees every message of the group in seq order.
 func testGaplessConcurrentGroup(t *testing.T) {
 	s := newT(t)
-	const senders, each = 8, 300
+	const senders, each, changes = 8, 300, 40
 	uids := make([]uint64, senders)
 	for i := range uids {
 		uids[i] = s.user(fmt.Sprintf("u%d", i))
 	}
+	extra := s.user("extra")
 	g := s.group(uids[0], "busy", uids[1:]...)
 	var wg sync.WaitGroup
 	results := make([][]*Send, senders)
@@ -359,6 +365,26 @@ func testGaplessConcurrentGroup(t *testing.T) {
 			}
 		}()
 	}
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for j := range changes {
+			var err error
+			switch j % 4 {
+			case 0:
+				_, err = s.AddMembers(uids[0], g, []uint64{extra})
+			case 1:
+				_, err = s.RenameGroup(uids[0], g, fmt.Sprint("busy", j))
+			case 2:
+				_, err = s.RemoveMembers(uids[0], g, []uint64{extra})
+			case 3:
+				_, err = s.GroupMembers(uids[1], g, 0, 10)
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		}
+	}()
 	wg.Wait()
 	seen := make(map[uint64]string)
 	for i, rs := range results {
@@ -377,9 +403,17 @@ func testGaplessConcurrentGroup(t *testing.T) {
 			seen[m.Msg.Seq] = m.Body
 		}
 	}
+	systems := 1 + changes/4*3 // created, then added, renamed, removed per round
+	for _, m := range s.systems() {
+		if o, dup := seen[m.Msg.Seq]; dup {
+			t.Fatalf("seq %d given to %q and the system message %q", m.Msg.Seq, o, m.Body)
+		}
+		seen[m.Msg.Seq] = m.Body
+	}
+	total := senders*each + systems
 	hist := s.all(uids[3], GroupConv(g))
-	if len(hist) != senders*each {
-		t.Fatalf("history has %d messages, want %d", len(hist), senders*each)
+	if len(hist) != total || len(seen) != total {
+		t.Fatalf("history has %d messages, %d were reported, want %d", len(hist), len(seen), total)
 	}
 	var prevTS int64
 	for i, m := range hist {
@@ -403,9 +437,10 @@ func testGaplessConcurrentGroup(t *testing.T) {
 			}
 		}
 	}
+	auditCache(t, s.Store)
 	// Seqs continue after a reopen, without gaps or reuse.
 	s = s.reopen()
-	if m := s.sendOK(uids[5], "after-reopen", 0, g, "x"); m.Seq != senders*each+1 {
+	if m := s.sendOK(uids[5], "after-reopen", 0, g, "x"); m.Seq != uint64(total)+1 {
 		t.Fatalf("seq after reopen %d", m.Seq)
 	}
 }
@@ -517,7 +552,7 @@ func testHistory(t *testing.T) {
 	}
 	// Group members read everything, also from before they joined; leavers
 	// read nothing.
-	g := s.group(a, "g", b)
+	g := s.pubGroup(a, "g", b)
 	gc := GroupConv(g)
 	s.sendOK(a, "g1", 0, g, "m1")
 	s.sendOK(b, "g2", 0, g, "m2")
@@ -526,7 +561,7 @@ func testHistory(t *testing.T) {
 	if _, err := s.JoinGroup(c, g); err != nil {
 		t.Fatal(err)
 	}
-	if got := seqs(s.all(c, gc)); !slices.Equal(got, []uint64{1, 2}) {
+	if got := seqs(s.all(c, gc)); !slices.Equal(got, []uint64{1, 2, 3, 4}) { // created, m1, m2, joined
 		t.Fatalf("joiner reads %v", got)
 	}
 	if _, err := s.LeaveGroup(c, g); err != nil {
@@ -552,14 +587,14 @@ func testConvsAndUnread(t *testing.T) {
 	wantCode(t, "Convs unknown user", err, NotFound)
 
 	now.Store(2000)
-	g1 := s.group(b, "one", a) // created 2000, no messages
+	g1 := s.group(b, "one", a) // created 2000 (its "created" message)
 	now.Store(3000)
 	s.sendOK(b, "1", a, 0, "b→a") // d:1:2 ts 3000
 	s.sendOK(b, "2", a, 0, "b→a")
 	now.Store(4000)
 	s.sendOK(c, "3", a, 0, "c→a") // d:1:3 ts 4000
 	now.Store(1500)
-	g2 := s.group(c, "two", a, d) // created 1500, no messages
+	g2 := s.pubGroup(c, "two", a, d) // created 1500
 	now.Store(4000)
 	g3 := s.group(d, "three", a)  // created 4000: ties with d:1:3, "d:" < "g:"
 	s.sendOK(a, "4", d, 0, "a→d") // a sends: its read_seq follows
@@ -588,14 +623,16 @@ func testConvsAndUnread(t *testing.T) {
 			t.Fatalf("Convs(%d):\n got %+v total %d\nwant %+v total %d", uid, got, total, want, wantTotal)
 		}
 	}
+	// Every group starts with its "created" message (PROTOCOL §13), at
+	// its creation time; a, put in by others, has it unread.
 	check(a, []row{
 		{"d:1:3", 1, 0, 1, c, 0, "", true},
 		{"d:1:4", 1, 1, 0, d, 0, "", true},
-		{GroupConv(g3), 0, 0, 0, 0, g3, "three", false},
+		{GroupConv(g3), 1, 0, 1, 0, g3, "three", true},
 		{"d:1:2", 2, 0, 2, b, 0, "", true},
-		{GroupConv(g1), 0, 0, 0, 0, g1, "one", false},
-		{GroupConv(g2), 0, 0, 0, 0, g2, "two", false},
-	}, 3)
+		{GroupConv(g1), 1, 0, 1, 0, g1, "one", true},
+		{GroupConv(g2), 1, 0, 1, 0, g2, "two", true},
+	}, 6)
 
 	// Group messages and unread.
 	now.Store(5000)
@@ -603,9 +640,9 @@ func testConvsAndUnread(t *testing.T) {
 	s.sendOK(c, "6", 0, g2, "y")
 	s.sendOK(d, "7", 0, g2, "z")
 	check(d, []row{
-		{GroupConv(g2), 3, 3, 0, 0, g2, "two", true},
+		{GroupConv(g2), 4, 4, 0, 0, g2, "two", true},
 		{"d:1:4", 1, 0, 1, a, 0, "", true},
-		{GroupConv(g3), 0, 0, 0, 0, g3, "three", false},
+		{GroupConv(g3), 1, 1, 0, 0, g3, "three", true}, // d created it
 	}, 1)
 
 	// MarkRead: max(read, min(seq, last)).
@@ -614,11 +651,11 @@ func testConvsAndUnread(t *testing.T) {
 		seq               uint64
 		read, unread, tot uint64
 	}{
-		{GroupConv(g2), 1, 1, 2, 5},
-		{GroupConv(g2), 0, 1, 2, 5}, // never backwards
-		{GroupConv(g2), 100, 3, 0, 3},
-		{"d:1:2", 1, 1, 1, 2},
-		{"d:1:2", 2, 2, 0, 1},
+		{GroupConv(g2), 1, 1, 3, 8},
+		{GroupConv(g2), 0, 1, 3, 8}, // never backwards
+		{GroupConv(g2), 100, 4, 0, 5},
+		{"d:1:2", 1, 1, 1, 4},
+		{"d:1:2", 2, 2, 0, 3},
 	} {
 		r, u, tot, err := s.MarkRead(a, tc.conv, tc.seq)
 		if err != nil || r != tc.read || u != tc.unread || tot != tc.tot {
@@ -645,7 +682,8 @@ func testConvsAndUnread(t *testing.T) {
 		wantCode(t, "MarkRead "+tc.conv, err, tc.want)
 	}
 
-	// A joiner starts with nothing unread; joining twice changes nothing.
+	// A joiner starts with nothing unread (its read_seq is its "joined"
+	// message's seq); joining twice changes nothing.
 	gi, err := s.JoinGroup(b, g2)
 	if err != nil || gi.Count != 4 || gi.Members != nil || gi.Name != "two" {
 		t.Fatalf("join: %+v %v", gi, err)
@@ -656,7 +694,7 @@ func testConvsAndUnread(t *testing.T) {
 		t.Fatalf("join twice: %+v %v", gi2, err)
 	}
 	items, total, _ = s.Convs(b)
-	if total != 1 || items[0].Conv != GroupConv(g2) || items[0].ReadSeq != 3 || items[0].Unread != 1 {
+	if total != 1 || items[0].Conv != GroupConv(g2) || items[0].ReadSeq != 5 || items[0].Unread != 1 {
 		t.Fatalf("b after join: %+v total %d", items, total)
 	}
 	// total_unread counts only current memberships.
@@ -665,7 +703,7 @@ func testConvsAndUnread(t *testing.T) {
 		t.Fatal(err)
 	}
 	_, _, totA2, _ := s.MarkRead(a, "d:1:2", 0)
-	if totA != 2 || totA2 != 1 {
+	if totA != 5 || totA2 != 3 {
 		t.Fatalf("total before/after leaving: %d %d", totA, totA2)
 	}
 
@@ -714,7 +752,7 @@ func testGroups(t *testing.T) {
 	}
 	_, err := s.CreateGroup(a, "x", []uint64{b, 99})
 	wantCode(t, "unknown member", err, NotFound)
-	gi, err := s.CreateGroup(a, strings.Repeat("n", 64), []uint64{c, b, c, a})
+	gi, err := s.CreateGroupWith(a, strings.Repeat("n", 64), []uint64{c, b, c, a}, true)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -722,7 +760,7 @@ func testGroups(t *testing.T) {
 		t.Fatalf("create: %+v (nothing may have been created by the failed one)", gi)
 	}
 	g := gi.ID
-	solo, err := s.CreateGroup(b, "solo", nil)
+	solo, err := s.CreateGroupWith(b, "solo", nil, true)
 	if err != nil || solo.Count != 1 || !slices.Equal(solo.Members, []uint64{b}) {
 		t.Fatalf("solo: %+v %v", solo, err)
 	}
@@ -787,7 +825,7 @@ func testGroups(t *testing.T) {
 	if gi, err := s.LeaveGroup(b, solo.ID); err != nil || gi.Count != 0 {
 		t.Fatalf("last leaves: %+v %v", gi, err)
 	}
-	if gi, err := s.JoinGroup(c, solo.ID); err != nil || gi.Count != 1 || gi.Name != "solo" {
+	if gi, err := s.JoinGroup(c, solo.ID); err != nil || gi.Count != 1 || gi.Name != "solo" || gi.Owner != c {
 		t.Fatalf("join empty group: %+v %v", gi, err)
 	}
 
@@ -799,7 +837,8 @@ func testGroups(t *testing.T) {
 	if gi, err := s.CreateGroup(a, "next", nil); err != nil || gi.ID != 3 {
 		t.Fatalf("gid after reopen: %+v %v", gi, err)
 	}
-	if m := s.sendOK(c, "r5", 0, g, "x"); m.Seq != 4 {
+	// created, 20 joined, r1, r2, left, r3.
+	if m := s.sendOK(c, "r5", 0, g, "x"); m.Seq != 26 {
 		t.Fatalf("group seq after reopen %d", m.Seq)
 	}
 }
@@ -981,7 +1020,7 @@ func testConcurrentReadersAndWriters(t *testing.T) {
 	for i := range 6 {
 		uids = append(uids, s.user(fmt.Sprint("u", i)))
 	}
-	g := s.group(uids[0], "g", uids[1:4]...)
+	g := s.pubGroup(uids[0], "g", uids[1:4]...)
 	stop := make(chan struct{})
 	var writers, readers sync.WaitGroup
 	for w := range 4 {
