@@ -131,8 +131,12 @@ type Store struct {
 
 	c         committer       // the batch in preparation; committer only
 	unflushed *unflushedCMIDs // committed cmids not yet in sstables; committer only
-	broken    atomic.Bool     // a commit hit a Pebble fatal error
-	st        counters
+	// maxBatchBytes caps the bytes the committer stages for one batch at a
+	// quarter of the memtable: a batch of half a memtable or more becomes a
+	// Pebble "flushable batch", which has no seqnum to track in unflushed.
+	maxBatchBytes int
+	broken        atomic.Bool // a commit hit a Pebble fatal error
+	st            counters
 }
 
 // Open opens (creating if needed) the Pebble database in dir. It reads no

@@ -217,10 +217,11 @@ func (s *Store) step(m *Send, r *request) {
 	}
 }
 
-// fill adds queued operations until the batch is full, the queues are empty
-// or a barrier comes, which it returns.
+// fill adds queued operations until the batch is full (MaxBatch operations
+// or maxBatchBytes staged), the queues are empty or a barrier comes, which
+// it returns.
 func (c *committer) fill() *request {
-	for c.n < c.s.o.MaxBatch {
+	for c.n < c.s.o.MaxBatch && len(c.buf) < c.s.maxBatchBytes {
 		select {
 		case m := <-c.s.q:
 			c.send(m)
@@ -743,7 +744,17 @@ func (c *committer) commit() {
 	}
 	var lastSeq uint64
 	if err == nil && !empty {
-		lastSeq = uint64(c.pb.SeqNum()) + uint64(c.pb.Count()) - 1
+		if c.pb.SeqNum() == 0 {
+			// A flushable batch (maxBatchBytes should prevent one): it
+			// has no seqnum to track, so flush it into sstables, where
+			// the cmid probes find it.
+			s.log.Warn("storage: batch committed as a flushable batch; flushing", "bytes", c.pb.Len())
+			if ferr := s.db.Flush(); ferr != nil {
+				s.log.Error("storage: flush after a flushable batch", "err", ferr)
+			}
+		} else {
+			lastSeq = uint64(c.pb.SeqNum()) + uint64(c.pb.Count()) - 1
+		}
 	}
 	if err != nil {
 		s.st.commitErrors.Add(1)
@@ -772,7 +783,9 @@ func (c *committer) commit() {
 		for _, m := range c.sends {
 			if m.Err == nil && !m.Dup {
 				h := s.unflushed.cmidHash(m.CMID)
-				s.unflushed.add(s.unflushed.fp(m.From, h), lastSeq) // unflushed.go INVARIANT
+				if lastSeq != 0 {
+					s.unflushed.add(s.unflushed.fp(m.From, h), lastSeq) // unflushed.go INVARIANT
+				}
 				if fs := c.senders[m.From]; fs != nil {
 					fs.add(s.unflushed.fp32(h)) // senders.go INVARIANT 6
 				}

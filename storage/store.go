@@ -112,17 +112,18 @@ func open(dir string, o Options) (*Store, error) {
 		return nil, fmt.Errorf("storage: open %s: %w", dir, err)
 	}
 	s := &Store{
-		o:         o,
-		log:       o.Logger,
-		db:        db,
-		cache:     newCache(o.CacheSize),
-		unflushed: unflushed,
-		nextUID:   1,
-		nextGID:   1,
-		q:         make(chan *Send, o.QueueSize),
-		ctl:       make(chan *request, ctlQueueSize),
-		quit:      make(chan struct{}),
-		stopped:   make(chan struct{}),
+		o:             o,
+		log:           o.Logger,
+		db:            db,
+		cache:         newCache(o.CacheSize),
+		unflushed:     unflushed,
+		maxBatchBytes: int(po.MemTableSize / 4),
+		nextUID:       1,
+		nextGID:       1,
+		q:             make(chan *Send, o.QueueSize),
+		ctl:           make(chan *request, ctlQueueSize),
+		quit:          make(chan struct{}),
+		stopped:       make(chan struct{}),
 	}
 	if err := s.start(dir); err != nil {
 		_ = db.Close()
