@@ -243,3 +243,26 @@ func TestSendRate(t *testing.T) {
 		t.Fatalf("want 4029, got %d", code)
 	}
 }
+
+// A device replacement (4004) of a user's only connection leaves
+// magpie_online_users at 1 while the newer connection is up and at 0 once
+// it is gone: the replaced connection was never a second user.
+func TestOnlineUsersAfterReplacement(t *testing.T) {
+	ts := startServer(t, nil)
+	_, tok := ts.user("alice")
+	a := login(t, ts, tok+"&device=phone")
+	b := login(t, ts, tok+"&device=phone")
+	if code := a.waitClose(5 * time.Second); code != 4004 {
+		t.Fatalf("first connection closed %d, want 4004", code)
+	}
+	// The replaced connection's OnClose has run once the gauge says 1.
+	waitFor(t, func() bool { return ts.metric("magpie_online_connections") == 1 })
+	if u := ts.metric("magpie_online_users"); u != 1 {
+		t.Errorf("one user online, magpie_online_users = %v", u)
+	}
+	b.c.Close()
+	waitFor(t, func() bool { return ts.metric("magpie_online_connections") == 0 })
+	if u := ts.metric("magpie_online_users"); u != 0 {
+		t.Errorf("nobody online, magpie_online_users = %v", u)
+	}
+}

@@ -70,7 +70,9 @@ func (ss *sessions) add(c *conn) (replaced *conn, first bool) {
 		next = append(next, o)
 	}
 	sh.m[c.uid] = append(next, c)
-	return replaced, len(next) == 0
+	// A replaced connection leaves the index here, and its remove later
+	// finds nothing: the uid was online before c unless list was empty.
+	return replaced, len(list) == 0
 }
 
 // remove drops c from the index and reports whether its uid has no
