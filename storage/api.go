@@ -120,14 +120,17 @@ type Store struct {
 
 	// qmu orders Submit against Close: Close flips closed while holding it
 	// exclusively, so no Submit can queue after the committer's final drain.
-	qmu       sync.RWMutex
-	closed    bool
-	q         chan *Send
-	ctl       chan *request // blocking operations
-	quit      chan struct{} // closed by Close
-	stopped   chan struct{} // closed when the committer has drained and exited
-	closeOnce sync.Once
-	closeErr  error
+	qmu    sync.RWMutex
+	closed bool
+	// snapClosed is set by Close before it releases the last snapshot:
+	// readers then get errClosing instead of waiting for a new one.
+	snapClosed atomic.Bool
+	q          chan *Send
+	ctl        chan *request // blocking operations
+	quit       chan struct{} // closed by Close
+	stopped    chan struct{} // closed when the committer has drained and exited
+	closeOnce  sync.Once
+	closeErr   error
 
 	c         committer       // the batch in preparation; committer only
 	unflushed *unflushedCMIDs // committed cmids not yet in sstables; committer only

@@ -56,7 +56,10 @@ func (s *Store) Audience(uid uint64, conv string, max int, cachedOnly bool) (Aud
 	if cachedOnly {
 		return s.audienceCached(uid, gid, max)
 	}
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return Audience{}, err
+	}
 	defer r.close()
 	g, err := r.memberOf(gid, uid)
 	if err != nil {
@@ -157,7 +160,10 @@ func (s *Store) ReadMarks(uid uint64, conv string, max int) ([]ReadState, error)
 	if !ok {
 		return nil, badConv(conv)
 	}
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
 	defer r.close()
 	h, _, err := r.access(uid, k, true)
 	if err != nil {
@@ -292,7 +298,10 @@ func runKey(dst []byte, run int64) {
 // It reads the read snapshot.
 func (s *Store) LoadLastSeen(run int64, uids []uint64) ([]int64, error) {
 	out := make([]int64, len(uids))
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return nil, err
+	}
 	defer r.close()
 	var kb [17]byte
 	runs := map[int64]int64{}

@@ -30,7 +30,15 @@ type reader struct {
 	sn *snapRef
 }
 
-func (s *Store) reader() reader { return reader{s, s.acquire()} }
+// reader returns a reader of the current snapshot (close it), or
+// errClosing once the store is closed.
+func (s *Store) reader() (reader, error) {
+	sn := s.acquire()
+	if sn == nil {
+		return reader{}, errClosing
+	}
+	return reader{s, sn}, nil
+}
 
 func (r reader) close() { r.s.release(r.sn) }
 
@@ -227,7 +235,10 @@ func (s *Store) history(uid uint64, q HistoryQuery) ([]Message, bool, error) {
 	if q.Limit < 1 {
 		return nil, false, &Error{Code: BadRequest, Msg: "limit must be at least 1"}
 	}
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return nil, false, err
+	}
 	h, _, err := r.access(uid, k, true)
 	r.close()
 	if err != nil {
@@ -510,13 +521,16 @@ func (s *Store) convList(uid uint64, q ConvsQuery) (ConvsPage, error) {
 	if limit == 0 || limit > convsAllMax {
 		limit = convsAllMax
 	}
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return ConvsPage{}, err
+	}
 	defer r.close()
 	var page listHeap
 	var total uint64
 	n := 0
 	more := false
-	err := r.eachConv(uid, func(ck convKey) error {
+	err = r.eachConv(uid, func(ck convKey) error {
 		n++
 		var l listed
 		var ok bool
@@ -593,7 +607,10 @@ func (s *Store) markRead(uid uint64, conv string, seq uint64) (readSeq, unreadN,
 	// The reply reflects the published state after the batch, which may
 	// include later messages or marks: a consistent snapshot no older than
 	// this request.
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return 0, 0, 0, 0, err
+	}
 	defer r.close()
 	h, read, err := r.access(uid, k, true)
 	if err != nil {
@@ -650,7 +667,10 @@ func (s *Store) groupMembers(uid, gid, after uint64, limit int) (GroupInfo, erro
 	if limit < 1 {
 		return GroupInfo{}, &Error{Code: BadRequest, Msg: "limit must be at least 1"}
 	}
-	r := s.reader()
+	r, err := s.reader()
+	if err != nil {
+		return GroupInfo{}, err
+	}
 	defer r.close()
 	g, err := r.memberOf(gid, uid)
 	if err != nil {

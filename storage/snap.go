@@ -24,13 +24,19 @@ type snapRef struct {
 	refs atomic.Int64
 }
 
-// acquire returns the current snapshot, referenced: release it.
+// acquire returns the current snapshot, referenced: release it. It
+// returns nil once Close released the last snapshot (a reference count of
+// 0 is otherwise only seen between newSnap's swap and its release, and
+// the next Load sees the new snapshot).
 func (s *Store) acquire() *snapRef {
 	for {
 		r := s.snap.Load()
 		n := r.refs.Load()
 		if n > 0 && r.refs.CompareAndSwap(n, n+1) {
 			return r
+		}
+		if n <= 0 && s.snapClosed.Load() {
+			return nil
 		}
 	}
 }

@@ -952,6 +952,14 @@ func testQueueFullAndClose(t *testing.T) {
 	wantCode(t, "CreateUser after Close", err, RateLimited)
 	_, _, _, err = s.MarkRead(a, "d:1:2", 1)
 	wantCode(t, "MarkRead after Close", err, RateLimited)
+	// Reads after Close answer at once (they used to spin forever on the
+	// released snapshot).
+	_, _, err = s.History(a, HistoryQuery{Conv: "d:1:2", Limit: 10})
+	wantCode(t, "History after Close", err, RateLimited)
+	_, _, err = s.Convs(a)
+	wantCode(t, "Convs after Close", err, RateLimited)
+	_, err = s.ReadMarks(a, "d:1:2", 0)
+	wantCode(t, "ReadMarks after Close", err, RateLimited)
 	if err := s.Close(); err != nil {
 		t.Fatalf("second Close: %v", err)
 	}

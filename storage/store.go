@@ -252,6 +252,7 @@ func (s *Store) close() error {
 		}
 		// Readers still running hold their own reference; Pebble reports
 		// a snapshot left open by one as an error here.
+		s.snapClosed.Store(true) // before the release: acquire stops retrying
 		s.release(s.snap.Load())
 		s.closeErr = s.db.Close()
 	})
