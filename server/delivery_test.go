@@ -207,13 +207,15 @@ func TestLoopWithoutRecipientsNotWoken(t *testing.T) {
 	}
 }
 
-// TestInboxBackpressure: with a small --inbox, a burst that fans out to
-// many connections faster than the loop can write makes the router wait
-// for the loop, the committer wait for the router, and Submit answer
-// rate_limited (counted), instead of queueing without bound. The sends
-// come in small paced chunks a committer alone would keep up with, so the
-// rate_limited answers come from the backpressure. Every send gets exactly
-// one reply, and every stored message reaches every member in order.
+// TestInboxBackpressure: with a small --inbox and a loop that cannot keep
+// up, fan-out makes the router wait for that loop, the committer wait for
+// the router, and Submit answer rate_limited (counted), instead of
+// queueing without bound. The slow loop is made deterministic: the test
+// stalls the loop that holds half the members (not the publisher's) with
+// an inbox entry that blocks until released, and keeps sending until a
+// send is answered rate_limited — which never happens if anything on the
+// path grows without bound. Every send gets exactly one reply, and every
+// stored message then reaches every member in order.
 func TestInboxBackpressure(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load test")
@@ -223,60 +225,128 @@ func TestInboxBackpressure(t *testing.T) {
 	uids, gid := seedGroup(t, dir, members+1)
 	ts := startServer(t, func(c *Config) {
 		c.Data = dir
-		c.Loops = 1
-		c.Inbox = 500 // smaller than one message's fan-out
+		c.Loops = 2
+		c.Inbox = 200 // smaller than one message's fan-out to a loop
 		c.QueueSize = 16
 		c.MaxInflight = 1 << 16
+		c.AckTimeout = time.Minute // the members ack nothing
 	})
+	pub := dialPeer(t, ts, uids[0])
 	peers := make([]*rawPeer, 0, members)
 	for i := 1; i <= members; i++ {
 		peers = append(peers, dialPeer(t, ts, uids[i]))
 	}
-	pub := dialPeer(t, ts, uids[0])
-	const chunks, perChunk = 60, 10
-	const sends = chunks * perChunk
+	// Stall a loop that has members and not the publisher.
+	loopOf := func(uid uint64) *loop {
+		cs := ts.srv.sess.lookup(uid)
+		if len(cs) != 1 {
+			t.Fatalf("uid %d has %d connections", uid, len(cs))
+		}
+		return cs[0].lp
+	}
+	pubLoop := loopOf(uids[0])
+	var victim *conn
+	onStalled := 0
+	for _, uid := range uids[1:] {
+		if lp := loopOf(uid); lp != pubLoop {
+			victim = ts.srv.sess.lookup(uid)[0]
+			onStalled++
+		}
+	}
+	if onStalled < 2*200 {
+		t.Fatalf("only %d members on the other loop", onStalled)
+	}
+	stalled, release := make(chan struct{}), make(chan struct{})
+	victim.lp.put(entry{kind: entCall, items: []item{{c: victim}}, call: func(*conn) {
+		close(stalled)
+		<-release // blocks that event loop: a loop far slower than the fan-out
+	}}, false)
+	<-stalled
+	var released sync.Once
+	defer released.Do(func() { close(release) })
+
 	type tally struct{ stored, limited int }
-	done := make(chan tally, 1)
+	var limited atomic.Bool
+	firstLimited := make(chan struct{})
+	replies := make(chan tally, 1)
+	var sent atomic.Int64 // sends written; the reader stops when all are answered
+	allWritten := make(chan struct{})
+	// The reader stops at the reply that answers the last send written.
+	// When allWritten closes, a reply is still due: the first rate_limited
+	// means the committer holds a batch it cannot hand on.
 	go func() {
 		var n tally
-		for n.stored+n.limited < sends {
+		for {
 			p, err := pub.nextText()
 			if err != nil {
 				t.Error(err)
-				break
+				replies <- n
+				return
 			}
 			switch {
 			case bytes.Contains(p, []byte(`"type":"sent"`)):
 				n.stored++
 			case bytes.Contains(p, []byte(`"rate_limited"`)):
 				n.limited++
+				if limited.CompareAndSwap(false, true) {
+					close(firstLimited)
+				}
 			case bytes.Contains(p, []byte(`"type":"error"`)):
 				t.Errorf("unexpected %s", p)
 			}
+			select {
+			case <-allWritten:
+				if int64(n.stored+n.limited) == sent.Load() {
+					replies <- n
+					return
+				}
+			default:
+			}
 		}
-		done <- n
 	}()
-	for k := 0; k < chunks; k++ {
+	// Chunks of 10 until the first rate_limited; 5,000 sends without one
+	// means the path queued without bound.
+	const chunk, maxSends = 10, 5000
+	for k := 0; !limited.Load(); k++ {
+		if int(sent.Load()) >= maxSends {
+			t.Fatalf("%d sends and none answered rate_limited while a loop was stalled", maxSends)
+		}
 		var b []byte
-		for i := 0; i < perChunk; i++ {
+		for i := 0; i < chunk; i++ {
 			f := fmt.Sprintf(`{"type":"send","cmid":"c%d-%d","group":%d,"body":"x"}`, k, i, gid)
 			b = append(b, wstest.ClientFrame(true, 1, []byte(f), true, pub.key)...)
 		}
+		sent.Add(chunk)
 		if _, err := pub.Write(b); err != nil {
 			t.Fatal(err)
 		}
-		time.Sleep(2 * time.Millisecond) // pacing the load, not synchronisation
-	}
-	n := <-done
-	t.Logf("%d sends stored, %d answered rate_limited", n.stored, n.limited)
-	if n.limited == 0 {
-		t.Fatalf("no send was answered rate_limited (%d stored)", n.stored)
-	}
-	if w := ts.metric(`magpie_loop_inbox_waits_total{loop="0"}`); w == 0 {
-		t.Error("the router never waited for the inbox")
+		select {
+		case <-firstLimited:
+		case <-time.After(5 * time.Millisecond): // pacing the load; the event is awaited above
+		}
 	}
 	if w := ts.metric("magpie_router_waits_total"); w == 0 {
 		t.Error("the committer never waited for the router")
+	}
+	// No open entry grew past --inbox items (plus the one add that filled
+	// it), though one message fans out to more on the stalled loop.
+	if n := ts.metric("magpie_router_open_items"); n > 2*(200+1) {
+		t.Errorf("open entries hold %v items, want at most --inbox per loop", n)
+	}
+	if w := ts.metric(fmt.Sprintf(`magpie_loop_inbox_waits_total{loop="%d"}`, victim.lp.idx)); w == 0 {
+		t.Error("the router never waited for the stalled loop's inbox")
+	}
+	close(allWritten) // no more sends: sent is final
+	released.Do(func() { close(release) })
+	var n tally
+	select {
+	case n = <-replies:
+	case <-time.After(60 * time.Second):
+		t.Fatal("not every send was answered")
+	}
+	t.Logf("%d sends: %d stored, %d answered rate_limited", sent.Load(), n.stored, n.limited)
+	if int64(n.stored+n.limited) != sent.Load() || n.limited == 0 {
+		t.Fatalf("replies %+v for %d sends", n, sent.Load())
 	}
 	if e := ts.metric(`magpie_error_frames_total{code="rate_limited"}`); int(e) != n.limited {
 		t.Errorf("rate_limited counted %v, sent %d", e, n.limited)

@@ -195,7 +195,7 @@ func BenchmarkRoutePush1000(b *testing.B) {
 			c.retx.Stop()
 		}
 	}()
-	rt := &router{}
+	rt := &router{limit: s.cfg.Inbox}
 	m := storage.Message{Conv: "g:1", From: 1, Kind: "text", Body: "hello", CMID: "c"}
 	ack := request{has: hasConv | hasSeq, conv: []byte("g:1")}
 	b.ReportAllocs()

@@ -24,6 +24,7 @@ type testServer struct {
 	cancel context.CancelFunc
 	done   chan error
 	signer *Signer
+	srv    *Server // the running server (its loops, sessions)
 }
 
 const testSecret = "test-secret-0123456789abcdef0123456789"
@@ -56,7 +57,7 @@ func startServerLog(t testing.TB, mutate func(*Config), log *slog.Logger) *testS
 	ts.cancel = cancel
 	started := make(chan struct{})
 	go func() {
-		ts.done <- Run(ctx, cfg, Options{Logger: log, Stderr: io.Discard, Started: func(ws, h string) {
+		ts.done <- Run(ctx, cfg, Options{Logger: log, Stderr: io.Discard, onServer: func(s *Server) { ts.srv = s }, Started: func(ws, h string) {
 			ts.ws, ts.http = ws, h
 			close(started)
 		}})

@@ -43,7 +43,8 @@ import (
 // so a fan-out to 100,000 connections cannot hide in one entry. Workers
 // wait while it holds more than --inbox items (and is not empty). The
 // router puts an entry only into an idle loop's inbox and otherwise merges
-// batches into an open entry bounded by --inbox items (see router); when
+// batches into an open entry bounded by --inbox items, splitting a batch
+// that fans out to more (see router); when
 // that is full it stops taking batches, the committer waits in OnSent, its
 // queue fills, and Submit answers rate_limited — backpressure instead of
 // unbounded growth. Timer

@@ -145,5 +145,7 @@ func (s *Server) registerLoopCounters() {
 		newLoopCollector(s),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "magpie_router_queue_depth", Help: "Committed batches waiting for the fan-out router."},
 			func() float64 { return float64(len(s.rt.in)) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "magpie_router_open_items", Help: "Items (pushes, replies) in the router's open fan-out entries, not yet in a loop's inbox; at most about --inbox per loop."},
+			func() float64 { return float64(s.rt.openItems.Load()) }),
 	)
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"slices"
 	"sync"
+	"sync/atomic"
 
 	"github.com/magpie-im/magpie/storage"
 )
@@ -166,7 +167,10 @@ type batch struct {
 // messages; the router then stops taking batches until that loop is idle
 // (counted in magpie_loop_inbox_waits_total), its queue (routerQueue)
 // fills, the committer waits in OnSent (magpie_router_waits_total), its
-// own queue fills, and Submit answers rate_limited.
+// own queue fills, and Submit answers rate_limited. An entry that reaches
+// --inbox items in the middle of a batch is handed over (once its loop is
+// idle) before the rest of the batch is routed (routeBatch, makeRoom), so
+// one batch never takes an entry, or an inbox, past --inbox + 1 items.
 type router struct {
 	in    chan *batch
 	stop  chan struct{} // closed when Run returns
@@ -176,6 +180,10 @@ type router struct {
 	gen   uint64        // open-entry counter: marks conns in rtMark
 	bgen  uint64        // batch counter: marks open entries in lastBatch
 	waits []bool        // per loop index: counted as waiting for this loop already
+	limit int           // --inbox: items of an open entry before it is full
+	// openItems is the items in open entries (magpie_router_open_items),
+	// set at each handOver. Any goroutine reads it.
+	openItems atomic.Int64
 }
 
 // openEntry is the fan-out entry the router is building for one loop.
@@ -277,7 +285,9 @@ func (s *Server) route() {
 					close(b.barrier)
 					continue
 				}
-				rt.routeBatch(s, b)
+				if !rt.routeBatch(s, b) {
+					return
+				}
 			case <-rt.idle:
 			case <-rt.stop:
 				return
@@ -287,32 +297,79 @@ func (s *Server) route() {
 	}
 }
 
-// routeBatch merges b into the open entries of the loops it reaches.
+// routeBatch merges b into the open entries of the loops it reaches. When
+// an open entry reaches --inbox items in the middle of b (a batch can fan
+// out to more), the router hands it over as soon as its loop is idle and
+// goes on with a new one: no entry, and so no inbox, ever holds more than
+// --inbox items plus one. It returns false when the router is stopping.
 // REQUIRES: the router goroutine.
-func (rt *router) routeBatch(s *Server, b *batch) {
+func (rt *router) routeBatch(s *Server, b *batch) bool {
 	rt.bgen++
 	for i, m := range b.sends {
 		sc, _ := tagConn(m.Tag)
-		if sc != nil {
-			rt.add(sc, b, i, true)
+		if sc != nil && rt.add(sc, b, i, true) && !rt.makeRoom(s) {
+			return false
 		}
 		if b.msgs[i] == nil {
 			continue
 		}
 		for _, uid := range m.Recipients {
 			for _, rc := range s.sess.lookup(uid) {
-				if rc != sc { // the sending connection gets sent instead
-					rt.add(rc, b, i, false)
+				// The sending connection gets sent instead.
+				if rc != sc && rt.add(rc, b, i, false) && !rt.makeRoom(s) {
+					return false
 				}
 			}
 		}
 	}
+	return true
+}
+
+// makeRoom waits until no open entry holds --inbox items: it hands over
+// the open entries of idle loops and waits for the loop of a full one to
+// go idle. It returns false when the router is stopping (nobody delivers
+// any more). REQUIRES: the router goroutine.
+func (rt *router) makeRoom(s *Server) bool {
+	for {
+		rt.handOver(s, false)
+		if !rt.overItems(s) {
+			return true
+		}
+		select {
+		case <-rt.idle:
+		case <-rt.stop:
+			return false
+		}
+	}
+}
+
+// overItems reports whether an open entry holds --inbox items (counting
+// the wait once per loop). REQUIRES: the router goroutine.
+func (rt *router) overItems(s *Server) bool {
+	over := false
+	for idx, oe := range rt.open {
+		if oe != nil && len(oe.nodes) >= rt.limit {
+			rt.countWait(s, idx)
+			over = true
+		}
+	}
+	return over
+}
+
+// countWait counts one wait for loop idx's inbox, once per open entry.
+// REQUIRES: the router goroutine.
+func (rt *router) countWait(s *Server, idx int) {
+	if !rt.waits[idx] {
+		rt.waits[idx] = true
+		s.allLoops()[idx].ib.waits.Add(1)
+	}
 }
 
 // add records one item for c (message i of b: a push, or the sender's
-// reply), chained after c's earlier items of its loop's open entry.
+// reply), chained after c's earlier items of its loop's open entry, and
+// reports whether that entry now holds --inbox items.
 // REQUIRES: the router goroutine (it owns c.rt*).
-func (rt *router) add(c *conn, b *batch, i int, reply bool) {
+func (rt *router) add(c *conn, b *batch, i int, reply bool) bool {
 	idx := c.lp.idx
 	for idx >= len(rt.open) {
 		rt.open = append(rt.open, nil)
@@ -350,6 +407,7 @@ func (rt *router) add(c *conn, b *batch, i int, reply bool) {
 		oe.nodes[c.rtTail].next = n
 	}
 	c.rtTail = n
+	return len(oe.nodes) >= rt.limit
 }
 
 // full reports whether an open entry has reached its bound (counting the
@@ -357,11 +415,8 @@ func (rt *router) add(c *conn, b *batch, i int, reply bool) {
 func (rt *router) full(s *Server) bool {
 	full := false
 	for idx, oe := range rt.open {
-		if oe != nil && (len(oe.nodes) >= s.cfg.Inbox || oe.msgs >= maxMergedMsgs) {
-			if !rt.waits[idx] {
-				rt.waits[idx] = true
-				s.allLoops()[idx].ib.waits.Add(1)
-			}
+		if oe != nil && (len(oe.nodes) >= rt.limit || oe.msgs >= maxMergedMsgs) {
+			rt.countWait(s, idx)
 			full = true
 		}
 	}
@@ -383,6 +438,13 @@ func (rt *router) handOver(s *Server, all bool) {
 		lp.put(oe.entry(), true)
 		rt.recycle(idx)
 	}
+	n := 0
+	for _, oe := range rt.open {
+		if oe != nil {
+			n += len(oe.nodes)
+		}
+	}
+	rt.openItems.Store(int64(n))
 }
 
 // recycle closes loop idx's open entry (handed over) and keeps its chains

@@ -97,6 +97,9 @@ type Options struct {
 	Started func(wsAddr, httpAddr string)
 	// Stderr receives the start-up lines; nil: os.Stderr.
 	Stderr io.Writer
+	// onServer, when set, is called with the server before it starts
+	// (in-package tests use it to reach loops and sessions).
+	onServer func(*Server)
 }
 
 // Run opens the store, starts both listeners, prints their addresses, and
@@ -121,9 +124,12 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		ui:       opt.UI,
 		bootedCh: make(chan struct{}),
 		work:     make(chan func(), cfg.WorkQueue),
-		rt:       &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1)},
+		rt:       &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1), limit: cfg.Inbox},
 	}
 	s.sess.init()
+	if opt.onServer != nil {
+		opt.onServer(s)
+	}
 	key, err := LoadSecret(cfg.Data, cfg.Secret)
 	if err != nil {
 		return err
