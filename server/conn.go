@@ -42,6 +42,9 @@ type conn struct {
 	lp     *loop
 	idx    int32 // position in lp.conns
 	state  uint8
+	// unstamped: the window's last pushes wait for their first-send time,
+	// set when they are written (flushPend).
+	unstamped bool
 	parser wsproto.Parser
 	uid    uint64 // 0 until authenticated
 	device string

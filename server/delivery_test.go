@@ -33,10 +33,10 @@ func TestWindowBoundWithHoles(t *testing.T) {
 	c.retx.Init(w, func() {})
 	defer c.retx.Stop()
 	f.ctx = c
-	c.push(&pushMsg{frame: []byte("a1"), conv: "d:1:2", seq: 1}, w.Now()) // never acked
+	c.push(&pushMsg{frame: []byte("a1"), conv: "d:1:2", seq: 1}) // never acked
 	var r request
 	for seq := uint64(1); seq <= 10000; seq++ {
-		c.push(&pushMsg{frame: []byte("b"), conv: "g:7", seq: seq}, w.Now())
+		c.push(&pushMsg{frame: []byte("b"), conv: "g:7", seq: seq})
 		r = request{has: hasConv | hasSeq, conv: []byte("g:7"), seq: seq}
 		c.ack(&r)
 		lp.flush()
@@ -450,4 +450,40 @@ func (p *rawPeer) nextMsg() (uint64, error) {
 
 func (p *rawPeer) write(s string) {
 	_ = p.WriteFrame(true, 1, []byte(s), true, p.key)
+}
+
+// TestFirstSendStampedAtWrite: a push's first-send time is when its frame
+// is written, not when the turn that queued it began: a turn that spends
+// 5 ms between queueing and writing must not make the resend 5 ms early.
+func TestFirstSendStampedAtWrite(t *testing.T) {
+	w := wheel.New(wheel.Options{})
+	defer w.Stop()
+	s := &Server{wheel: w, m: newMetrics(func() float64 { return 0 })}
+	s.cfg.MaxInflight, s.cfg.AckTimeout = 8, time.Hour
+	lp := &loop{srv: s}
+	f := &resetConn{h: &handler{srv: s}}
+	c := &conn{gc: f, lp: lp, state: stOpen, uid: 1}
+	c.idle.Init(w, func() {})
+	c.retx.Init(w, func() {})
+	defer c.retx.Stop()
+	f.ctx = c
+	queued := w.Precise()
+	c.push(&pushMsg{frame: []byte("m1"), conv: "d:1:2", seq: 1})
+	for w.Precise() < queued+int64(5*time.Millisecond) {
+		// the rest of a long turn (simulated time passing, not a wait for an event)
+	}
+	written := w.Precise()
+	lp.flush()
+	if t0 := c.win.ents[c.win.head].t0; t0 < written {
+		t.Fatalf("t0 %d is %v before the write", t0, time.Duration(written-t0))
+	}
+	if c.retxAt < written+int64(s.cfg.AckTimeout) {
+		t.Fatalf("resend due %v before write + ack timeout", time.Duration(written+int64(s.cfg.AckTimeout)-c.retxAt))
+	}
+	// A push written in a later turn keeps the earlier t0 of the first.
+	c.push(&pushMsg{frame: []byte("m2"), conv: "d:1:2", seq: 2})
+	lp.flush()
+	if e := c.win.ents[c.win.head:]; len(e) != 2 || e[0].t0 > e[1].t0 || e[0].t0 < written {
+		t.Fatalf("window %+v", e)
+	}
 }

@@ -207,7 +207,6 @@ func BenchmarkRoutePush1000(b *testing.B) {
 		rt.routeBatch(s, bt)
 		e := rt.open[0].entry()
 		rt.recycle(0)
-		lp.now = w.Now()
 		for e.next < len(e.items) {
 			lp.runPush(&e, 1<<30)
 		}

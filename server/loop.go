@@ -77,7 +77,6 @@ type loop struct {
 	cur       []entry  // entries taken from the inbox, run in order
 	pos       int      // cur[pos] is the next entry to run
 	done      int      // items of cur run since the inbox count was last settled
-	now       int64    // wheel time, read once per drain turn
 	reads     int      // OnTraffic calls since the last drain turn, while one is pending
 	draining  bool     // a drain turn ended with work left (the next wake-up is sent)
 	turnConns int      // connections this drain turn may write to
@@ -370,7 +369,6 @@ func (lp *loop) idle() bool {
 // so gnet serves the loop's other connections before the next slice.
 // REQUIRES: owning event loop.
 func (lp *loop) drain() {
-	lp.now = lp.srv.wheel.Precise() // once per turn; first-send times must not be early
 	lp.turnConns = max(drainConns, lp.reads)
 	lp.reads = 0
 	budget := max(drainItems, lp.turnConns)
@@ -586,6 +584,9 @@ func (c *conn) flushPend() {
 	}
 	lp.st.framesOut.Add(uint64(len(c.pend)))
 	lp.st.bytesOut.Add(uint64(n))
+	if c.unstamped {
+		c.stamp(lp.srv.wheel.Precise())
+	}
 	// gnet hands Writev's slices to writev(2) as they are when nothing is
 	// buffered, and writev fails with EINVAL above IOV_MAX (1024) buffers,
 	// which closes the connection: write in chunks. A chunk that cannot go

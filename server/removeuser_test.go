@@ -81,7 +81,7 @@ func TestCloseDuringRecipientLoop(t *testing.T) {
 	}
 	conns := s.sess.lookup(uid)
 	first := conns[0]
-	first.push(&pushMsg{frame: []byte("m0"), conv: "d:1:7", seq: 1}, w.Now())
+	first.push(&pushMsg{frame: []byte("m0"), conv: "d:1:7", seq: 1})
 	lp.flush()
 	fakes[0].reset = true // its window is full: the next push closes 4008
 
@@ -92,7 +92,6 @@ func TestCloseDuringRecipientLoop(t *testing.T) {
 	for _, c := range conns {
 		e.items = append(e.items, item{c: c, arg: 0})
 	}
-	lp.now = w.Now()
 	lp.turnConns = drainConns
 	lp.runPush(&e, drainItems)
 	lp.flush()

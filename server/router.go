@@ -490,7 +490,7 @@ func (lp *loop) runPush(e *entry, budget int) int {
 			continue // closed since it was routed
 		}
 		if it.arg >= 0 {
-			c.push(e.b.msgs[it.arg], lp.now)
+			c.push(e.b.msgs[it.arg])
 			continue
 		}
 		m := e.b.sends[^it.arg]

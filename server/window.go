@@ -18,7 +18,7 @@ type pushMsg struct {
 // inflight is one unacked push on one connection.
 type inflight struct {
 	m  *pushMsg // nil once acked (a hole)
-	t0 int64    // first transmission (wheel time, never early)
+	t0 int64    // first transmission (wheel time when written; 0 until then)
 	k  uint8    // resends done
 }
 
@@ -86,8 +86,11 @@ func (w *window) trim() {
 
 // push queues m for this connection and records it as in flight; a push
 // that would exceed --max-inflight closes the connection 4008 instead.
-// now is the drain turn's wheel time. REQUIRES: owning event loop.
-func (c *conn) push(m *pushMsg, now int64) {
+// Its first-send time (t0) and the retransmit timer are set when the
+// frame is written (stamp, from flushPend): a turn's pushes leave at its
+// end, and a t0 taken earlier would make the resend early.
+// REQUIRES: owning event loop.
+func (c *conn) push(m *pushMsg) {
 	if c.state != stOpen {
 		return
 	}
@@ -102,10 +105,30 @@ func (c *conn) push(m *pushMsg, now int64) {
 		c.closeWith(closeSlow, "too many unacked messages")
 		return
 	}
-	c.win.add(inflight{m: m, t0: now}, s.cfg.MaxInflight)
+	c.win.add(inflight{m: m}, s.cfg.MaxInflight) // t0 0: not yet written
+	c.unstamped = true
 	c.queue(m.frame)
 	c.lp.st.pushes.Add(1)
-	if due := retxDue(now, int64(s.cfg.AckTimeout), 0); c.retxAt == 0 || due < c.retxAt {
+}
+
+// stamp gives the pushes queued since the last write their first-send
+// time, now, and arms the retransmit timer for the earliest. They are the
+// window's last entries with t0 0 (holes included: an acked entry keeps
+// its t0). REQUIRES: owning event loop.
+func (c *conn) stamp(now int64) {
+	c.unstamped = false
+	w := c.win
+	if w == nil {
+		return
+	}
+	now = max(now, 1) // 0 means unstamped
+	for i := len(w.ents) - 1; i >= w.head && w.ents[i].t0 == 0; i-- {
+		w.ents[i].t0 = now
+	}
+	if w.live == 0 {
+		return
+	}
+	if due := retxDue(now, int64(c.lp.srv.cfg.AckTimeout), 0); c.retxAt == 0 || due < c.retxAt {
 		c.retxAt = due
 		c.retx.Set(due)
 	}
@@ -179,8 +202,8 @@ func (c *conn) onRetx() {
 	w := c.win
 	for i := w.head; i < len(w.ents); i++ {
 		e := &w.ents[i]
-		if e.m == nil {
-			continue
+		if e.m == nil || e.t0 == 0 {
+			continue // acked, or not written yet (stamp arms the timer)
 		}
 		due := retxDue(e.t0, T, e.k)
 		if due <= now {
