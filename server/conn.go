@@ -38,16 +38,16 @@ const (
 // afterwards, so the router and the workers may read them. The two wheel
 // timers are safe from any goroutine.
 type conn struct {
-	gc     gnet.Conn
-	lp     *loop
-	idx    int32 // position in lp.conns
-	state  uint8
+	gc    gnet.Conn
+	lp    *loop
+	idx   int32 // position in lp.conns
+	state uint8
 	// unstamped: the window's last pushes wait for their first-send time,
 	// set when they are written (flushPend).
 	unstamped bool
-	parser wsproto.Parser
-	uid    uint64 // 0 until authenticated
-	device string
+	parser    wsproto.Parser
+	uid       uint64 // 0 until authenticated
+	device    string
 
 	idle     wheel.Timer // auth deadline before auth, idle deadline after
 	retx     wheel.Timer // ACK retransmission; armed while win is non-empty
