@@ -43,9 +43,11 @@ import (
 // refused). Slots are shared by many keys: a collision only refuses an
 // insert, it never admits a stale one.
 //
-// INVARIANT 3 (durable only): readers only load from snapshots taken
-// after a commit (snap.go), never from the live DB, which may show a batch
-// whose WAL sync has not finished. The committer may read the live DB: it
+// INVARIANT 3 (durable only): readers load metadata only from snapshots
+// taken after a commit (snap.go), never from the live DB, which may show a
+// batch whose WAL sync has not finished. (Messages are read from the live
+// DB, clamped to the published last_seq, which only durable batches move:
+// read.go.) The committer may read the live DB: it
 // is the only writer and every batch it committed is durable when Commit
 // returns.
 //

@@ -149,7 +149,7 @@ func auditEntry(s *Store, k ckey, e *entry) error {
 			return fmt.Errorf("cached %d, stored %d %v", e.n, uid, err)
 		}
 	case kCMIDs:
-		// INVARIANT 6: every stored cmid of the sender is in its set.
+		// senders.go INVARIANT S: every stored cmid of the sender is in its set.
 		f := e.v.(*senderFPs)
 		n := 0
 		err := s.scan(appendU64([]byte{pfxCMID}, k.a), func(key, _ []byte) error {
@@ -397,7 +397,7 @@ func TestReadersSeeOnlyDurable(t *testing.T) {
 // TestDedupAcrossFlushes: cmids stay idempotent whether their index entry
 // is in a memtable (the unflushed set answers) or flushed (the
 // sstable-only lookup finds it), across flushes at any point (unflushed.go
-// INVARIANT), with the senders' fingerprint sets (senders.go INVARIANT 6)
+// INVARIANT), with the senders' fingerprint sets (senders.go INVARIANT S)
 // also when fingerprints collide all the time (2 bits: nearly every new
 // cmid is "maybe stored" and takes the Pebble lookup, "maybe unflushed"
 // and takes the lookup in the whole DB) and when the sender has more

@@ -345,7 +345,7 @@ func (c *committer) lookupCMID(m *Send) (bool, error) {
 		c.senders[m.From] = fs
 	}
 	if !fs.has(s.unflushed.fp32(h)) {
-		return false, nil // proven new (senders.go INVARIANT 6)
+		return false, nil // proven new (senders.go INVARIANT S)
 	}
 	it := &c.dit
 	if s.unflushed.has(s.unflushed.fp(m.From, h)) {
@@ -759,7 +759,7 @@ func (c *committer) commit() {
 	if err != nil {
 		s.st.commitErrors.Add(1)
 		s.log.Error("storage: commit failed; answering the batch with internal", "err", err, "ops", c.n)
-		// INVARIANT 4: back to the published state.
+		// cache.go INVARIANT 4: back to the published state.
 		for _, e := range c.convs {
 			h := e.h
 			h.seq, h.ts, h.reads = h.lastSeq, h.lastTS, h.pubReads
@@ -778,16 +778,16 @@ func (c *committer) commit() {
 			}
 		}
 	} else if !empty {
-		s.newSnap(c.gen) // before publishing (INVARIANT 5) and before anyone hears of the batch
+		s.newSnap(c.gen) // before publishing (cache.go INVARIANT 5) and before anyone hears of the batch
 		s.publish(c.gen, c.convs, c.marks)
 		for _, m := range c.sends {
 			if m.Err == nil && !m.Dup {
 				h := s.unflushed.cmidHash(m.CMID)
 				if lastSeq != 0 {
-					s.unflushed.add(s.unflushed.fp(m.From, h), lastSeq) // unflushed.go INVARIANT
+					s.unflushed.add(s.unflushed.fp(m.From, h), lastSeq) // unflushed.go INVARIANT U
 				}
 				if fs := c.senders[m.From]; fs != nil {
-					fs.add(s.unflushed.fp32(h)) // senders.go INVARIANT 6
+					fs.add(s.unflushed.fp32(h)) // senders.go INVARIANT S
 				}
 			}
 		}

@@ -160,9 +160,9 @@ func (s *Store) barrierUnit(b *pebble.Batch, r *request) (time.Duration, bool) {
 
 // storedCMID records the cmid of a message the committer stored outside a
 // batch of sends (a system message) where the idempotency checks look:
-// the unflushed set (unflushed.go INVARIANT 5; batchSeq is the last
+// the unflushed set (unflushed.go INVARIANT U; batchSeq is the last
 // sequence number of its Pebble batch) and its sender's fingerprint set
-// when cached (senders.go INVARIANT 6).
+// when cached (senders.go INVARIANT S).
 func (s *Store) storedCMID(m *Send, batchSeq, gen uint64) {
 	h := s.unflushed.cmidHash(m.CMID)
 	s.unflushed.add(s.unflushed.fp(m.From, h), batchSeq)

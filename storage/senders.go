@@ -20,7 +20,7 @@ import (
 // set is new, with no Pebble read; a fingerprint hit (a retry, or a
 // collision, probability n/2^32) takes the exact lookup.
 //
-// INVARIANT 6: a sender's set, while cached, holds the fingerprint of
+// INVARIANT S: a sender's set, while cached, holds the fingerprint of
 // every stored cmid of that sender. It is built by the committer from the
 // sender's keys in the cmid index (c from …) of the live DB, which holds
 // everything committed, and the committer adds every cmid it stores, right

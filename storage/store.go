@@ -179,7 +179,7 @@ func (s *Store) start(dir string) error {
 	}
 	s.nextUID, s.nextGID = lastUID+1, lastGID+1
 	// Everything before the committer starts is in sstables, so the
-	// unflushed-cmid set starts empty (unflushed.go INVARIANT 5). Pebble
+	// unflushed-cmid set starts empty (unflushed.go INVARIANT U). Pebble
 	// flushed the WAL it replayed; this flushes what was written since
 	// (the format key, a migration). Nothing written: a cheap no-op.
 	if err := s.db.Flush(); err != nil {

@@ -27,7 +27,7 @@ import (
 //   - any other stored cmid is in an sstable, which the sstable-only
 //     iterator sees.
 //
-// INVARIANT 5: every committed cmid not in the sstables visible to an
+// INVARIANT U: every committed cmid not in the sstables visible to an
 // iterator created now has its fingerprint in the set. The committer adds
 // a batch's cmids right after its commit returns, with the batch's last
 // sequence number, and drops entries only up to flushedSeq, the largest
