@@ -112,3 +112,17 @@ func waitFor(t testing.TB, cond func() bool) {
 		time.Sleep(20 * time.Millisecond) // polling state that has no event to await
 	}
 }
+
+// TestStoreMetrics: the store's figures are on /metrics, with the cache
+// capacity set by --cache-size.
+func TestStoreMetrics(t *testing.T) {
+	ts := startServer(t, func(c *Config) { c.CacheSize = 3 << 20 })
+	if v := ts.metric("magpie_store_cache_capacity_bytes"); v != 3<<20 {
+		t.Errorf("magpie_store_cache_capacity_bytes %v, want %d", v, 3<<20)
+	}
+	for _, name := range []string{"magpie_store_cache_bytes", "magpie_store_cache_entries", "magpie_store_cache_hits_total",
+		"magpie_store_cache_misses_total", "magpie_store_cache_evictions_total", "magpie_store_cache_refusals_total",
+		"magpie_store_unflushed_cmids", "magpie_store_cmid_lookups_total", "magpie_router_open_items"} {
+		ts.metric(name) // fails the test when the series is missing
+	}
+}

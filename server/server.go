@@ -140,7 +140,8 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		if store == nil {
 			return 0
 		}
-		return float64(store.Stats().QueueLen + store.Stats().CtlLen)
+		st := store.Stats()
+		return float64(st.QueueLen + st.CtlLen)
 	})
 	store, err = storage.Open(dbDir(cfg.Data), storage.Options{
 		Fsync:     cfg.Fsync,

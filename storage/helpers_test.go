@@ -5,9 +5,12 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/cockroachdb/pebble/v2"
 )
 
 // tstore is a Store under test whose OnSent answers each Send through its
@@ -264,4 +267,52 @@ func (ts *tstore) convsChecked(uid uint64) []ConvItem {
 		items = []ConvItem{}
 	}
 	return items
+}
+
+// loadConvSet reads uid's conversation set, or returns nil (and no error)
+// when it holds more than max conversations.
+func loadConvSet(r pebble.Reader, uid uint64, max int) ([]convKey, error) {
+	var cs []convKey
+	over := false
+	err := scanConvs(r, uid, func(ck convKey) bool {
+		if len(cs) >= max {
+			over = true
+			return false
+		}
+		cs = append(cs, ck)
+		return true
+	})
+	if err != nil || over {
+		return nil, err
+	}
+	slices.SortFunc(cs, cmpConv)
+	if cs == nil {
+		cs = []convKey{}
+	}
+	return cs, nil
+}
+
+// scan calls fn for every key with prefix p, in key order. k and v are
+// valid only during the call.
+func (s *Store) scan(p []byte, fn func(k, v []byte) error) error {
+	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
+	if err != nil {
+		return err
+	}
+	for ok := it.First(); ok; ok = it.Next() {
+		v, err := it.ValueAndErr()
+		if err != nil {
+			it.Close()
+			return err
+		}
+		if err := fn(it.Key(), v); err != nil {
+			it.Close()
+			return err
+		}
+	}
+	if err := it.Error(); err != nil {
+		it.Close()
+		return err
+	}
+	return it.Close()
 }

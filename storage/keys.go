@@ -275,14 +275,8 @@ func decodeGroup(gid uint64, v []byte) (*groupRec, error) {
 	return g, nil
 }
 
-// Group value of format v1: varint created (Unix ms), uvarint creator,
-// name (the rest). Read only by the migration.
-func encodeGroupV1(dst []byte, created int64, creator uint64, name string) []byte {
-	dst = binary.AppendVarint(dst, created)
-	dst = binary.AppendUvarint(dst, creator)
-	return append(dst, name...)
-}
-
+// decodeGroupV1 reads a group value of format v1: varint created (Unix ms),
+// uvarint creator, name (the rest). Read only by the migration.
 func decodeGroupV1(v []byte) (created int64, creator uint64, name string, err error) {
 	created, n := binary.Varint(v)
 	if n <= 0 {
@@ -311,7 +305,11 @@ func encodeMeta(v []byte, seq uint64, ts int64, reads [2]uint64) {
 // conversation's read marks here saves a key per message (the sender's
 // read mark moves with every send).
 func decodeMeta(v []byte, direct bool) (seq uint64, ts int64, reads [2]uint64, err error) {
-	if want := map[bool]int{false: 16, true: 32}[direct]; len(v) != want {
+	want := 16
+	if direct {
+		want = 32
+	}
+	if len(v) != want {
 		return 0, 0, reads, errCorrupt
 	}
 	if direct {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"slices"
 
 	"github.com/cockroachdb/pebble/v2"
 )
@@ -231,29 +230,6 @@ func scanConvs(r pebble.Reader, uid uint64, fn func(ck convKey) bool) error {
 		}
 	}
 	return nil
-}
-
-// loadConvSet reads uid's conversation set, or returns nil (and no error)
-// when it holds more than max conversations.
-func loadConvSet(r pebble.Reader, uid uint64, max int) ([]convKey, error) {
-	var cs []convKey
-	over := false
-	err := scanConvs(r, uid, func(ck convKey) bool {
-		if len(cs) >= max {
-			over = true
-			return false
-		}
-		cs = append(cs, ck)
-		return true
-	})
-	if err != nil || over {
-		return nil, err
-	}
-	slices.SortFunc(cs, cmpConv)
-	if cs == nil {
-		cs = []convKey{}
-	}
-	return cs, nil
 }
 
 // loadUser reads user uid; nil when it does not exist.

@@ -98,8 +98,15 @@ func (r reader) members(gid uint64) *memberList {
 	return nil
 }
 
-// mark returns uid's membership of group g and read mark in it.
+// mark returns uid's membership of group g and read mark in it, and
+// offers what it loaded to the cache.
 func (r reader) mark(g *groupRec, uid uint64) (member bool, mark uint64, err error) {
+	return r.markOf(g, uid, true)
+}
+
+// markOf is mark; with offer false it leaves the cache alone (for reads
+// that touch many members once).
+func (r reader) markOf(g *groupRec, uid uint64, offer bool) (member bool, mark uint64, err error) {
 	k := memberKey(g.id, uid)
 	if r.s.cache.view(k, func(e *entry) {
 		m := e.v.(*markEnt)
@@ -119,7 +126,9 @@ func (r reader) mark(g *groupRec, uid uint64) (member bool, mark uint64, err err
 		return false, 0, err
 	}
 	member, mark = m.member, m.pub // before offering: once cached, m belongs to the committer
-	r.s.cache.offer(k, m, 0, markSize, r.sn.gen)
+	if offer {
+		r.s.cache.offer(k, m, 0, markSize, r.sn.gen)
+	}
 	return member, mark, nil
 }
 
@@ -463,7 +472,7 @@ func (r reader) light(uid uint64, ck convKey) (ts int64, unreadN uint64, ok bool
 		if err != nil || g == nil {
 			return 0, 0, false, err
 		}
-		member, mark, err := r.markNoInsert(g, uid)
+		member, mark, err := r.markOf(g, uid, false)
 		if err != nil || !member {
 			return 0, 0, false, err
 		}
@@ -483,21 +492,6 @@ func (r reader) light(uid uint64, ck convKey) (ts int64, unreadN uint64, ok bool
 		i = 1
 	}
 	return ts, unread(seq, min(reads[i], seq)), true, nil
-}
-
-// markNoInsert is mark without offering a loaded value to the cache.
-func (r reader) markNoInsert(g *groupRec, uid uint64) (member bool, mark uint64, err error) {
-	if r.s.cache.view(memberKey(g.id, uid), func(e *entry) {
-		m := e.v.(*markEnt)
-		member, mark = m.member, m.pub
-	}) {
-		return member, mark, nil
-	}
-	m, err := loadMark(r.sn.snap, g.id, uid, -1)
-	if err != nil {
-		return false, 0, err
-	}
-	return m.member, m.pub, nil
 }
 
 // convList lists a page of uid's conversations. It looks at every

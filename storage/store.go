@@ -196,31 +196,6 @@ func (s *Store) start(dir string) error {
 	return nil
 }
 
-// scan calls fn for every key with prefix p, in key order. k and v are
-// valid only during the call.
-func (s *Store) scan(p []byte, fn func(k, v []byte) error) error {
-	it, err := s.db.NewIter(&pebble.IterOptions{LowerBound: p, UpperBound: prefixEnd(p)})
-	if err != nil {
-		return err
-	}
-	for ok := it.First(); ok; ok = it.Next() {
-		v, err := it.ValueAndErr()
-		if err != nil {
-			it.Close()
-			return err
-		}
-		if err := fn(it.Key(), v); err != nil {
-			it.Close()
-			return err
-		}
-	}
-	if err := it.Error(); err != nil {
-		it.Close()
-		return err
-	}
-	return it.Close()
-}
-
 // nowMs is the clock of stored timestamps.
 func (s *Store) nowMs() int64 {
 	if s.o.clock != nil {
