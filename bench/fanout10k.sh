@@ -7,7 +7,7 @@
 # which: burst (default), loops, steady, or all. BEFORE_BIN and AFTER_BIN
 # are magpie binaries (the server under test); the harness and the baseline
 # always come from AFTER_BIN (it has --publishers and --ack-mode). Ports
-# 17070-17081; data and tokens under OUTDIR/data. Each run writes
+# 17070-17081; data and tokens under OUTDIR/data-before and OUTDIR/data-after. Each run writes
 # OUTDIR/<name>.json; the summary table goes to stdout.
 set -euo pipefail
 BEFORE=${1:?before binary}
@@ -16,20 +16,28 @@ OUT=${3:?output dir}
 shift 3
 WHICH=${*:-burst}
 [ "$WHICH" = all ] && WHICH="burst loops steady"
-mkdir -p "$OUT/data"
-DATA=$OUT/data
-TOK=$DATA/tokens.txt
 MEMBERS=${MEMBERS:-10000}
-[ -f "$TOK" ] || "$AFTER" user import --data "$DATA" --prefix u --count $((MEMBERS + 4)) --password pw --tokens "$TOK" >/dev/null
 WS=127.0.0.1:17070
 HT=127.0.0.1:17080
 BL=127.0.0.1:17071
-H=(--url ws://$WS/ws --http http://$HT --tokens "$TOK" --members "$MEMBERS")
+# Each binary gets its own data dir (and tokens), imported by that binary:
+# a release that predates a storage format cannot open a newer one.
+# use BIN sets DATA, TOK and the harness flags H for BIN's data dir.
+use() {
+	local side=before
+	[ "$1" = "$AFTER" ] && side=after
+	DATA=$OUT/data-$side
+	TOK=$DATA/tokens.txt
+	mkdir -p "$DATA"
+	[ -f "$TOK" ] || "$1" user import --data "$DATA" --prefix u --count $((MEMBERS + 4)) --password pw --tokens "$TOK" >/dev/null
+	H=(--url ws://$WS/ws --http http://$HT --tokens "$TOK" --members "$MEMBERS")
+}
 SRV_PID=
 
 start_server() { # bin, extra serve flags...
 	local bin=$1
 	shift
+	use "$bin"
 	"$bin" serve --data "$DATA" --listen $WS --http $HT --send-rate 0 "$@" 2>"$OUT/server.log" &
 	SRV_PID=$!
 	for _ in $(seq 200); do
@@ -44,6 +52,7 @@ stop_server() {
 	SRV_PID=
 }
 start_baseline() {
+	use "$AFTER"
 	"$AFTER" bench baseline --listen $BL --data "$DATA" --mode proto 2>"$OUT/baseline.log" &
 	SRV_PID=$!
 	sleep 1

@@ -25,7 +25,7 @@ type Config struct {
 	AuthTimeout   time.Duration // --auth-timeout; default 10s
 	AckTimeout    time.Duration // --ack-timeout; default 5s
 	AckRetries    int           // --ack-retries; default 3 (0: no resend)
-	AckDelay      time.Duration // --ack-delay; default 20ms: ack coalescing delay announced in welcome (capped at AckTimeout/10)
+	AckDelay      time.Duration // --ack-delay; default 500ms: ack coalescing delay announced in welcome (capped at AckTimeout/10)
 	MaxInflight   int           // --max-inflight; default 1024
 	MaxOutbound   int           // --max-outbound; default 4 MiB
 	MaxMessage    int           // --max-message; default 65536
@@ -62,7 +62,7 @@ func DefaultConfig() Config {
 		AuthTimeout:   10 * time.Second,
 		AckTimeout:    5 * time.Second,
 		AckRetries:    3,
-		AckDelay:      20 * time.Millisecond,
+		AckDelay:      500 * time.Millisecond,
 		MaxInflight:   1024,
 		MaxOutbound:   4 << 20,
 		MaxMessage:    65536,
