@@ -18,12 +18,11 @@ import (
 // path, drain slices, routing only to loops with recipients, and the
 // inbox's backpressure.
 
-// TestWindowBoundWithHoles: acks of one conversation behind an unacked
-// push of another leave holes; the window must still hold at most
-// --max-inflight + winSlack entries, and never close 4008 for holes.
-func TestWindowBoundWithHoles(t *testing.T) {
+// windowConn returns one open connection of a loop without gnet (writes go
+// to a resetConn), with --max-inflight 8 and an hour's --ack-timeout.
+func windowConn(t *testing.T) (*wheel.Wheel, *Server, *loop, *conn) {
 	w := wheel.New(wheel.Options{})
-	defer w.Stop()
+	t.Cleanup(w.Stop)
 	s := &Server{wheel: w, m: newMetrics(func() float64 { return 0 })}
 	s.cfg.MaxInflight, s.cfg.AckTimeout = 8, time.Hour
 	lp := &loop{srv: s}
@@ -31,8 +30,16 @@ func TestWindowBoundWithHoles(t *testing.T) {
 	c := &conn{gc: f, lp: lp, state: stOpen, uid: 1}
 	c.idle.Init(w, func() {})
 	c.retx.Init(w, func() {})
-	defer c.retx.Stop()
+	t.Cleanup(c.retx.Stop)
 	f.ctx = c
+	return w, s, lp, c
+}
+
+// TestWindowBoundWithHoles: acks of one conversation behind an unacked
+// push of another leave holes; the window must still hold at most
+// --max-inflight + winSlack entries, and never close 4008 for holes.
+func TestWindowBoundWithHoles(t *testing.T) {
+	_, s, lp, c := windowConn(t)
 	c.push(&pushMsg{frame: []byte("a1"), conv: "d:1:2", seq: 1}) // never acked
 	var r request
 	for seq := uint64(1); seq <= 10000; seq++ {
@@ -456,17 +463,7 @@ func (p *rawPeer) write(s string) {
 // is written, not when the turn that queued it began: a turn that spends
 // 5 ms between queueing and writing must not make the resend 5 ms early.
 func TestFirstSendStampedAtWrite(t *testing.T) {
-	w := wheel.New(wheel.Options{})
-	defer w.Stop()
-	s := &Server{wheel: w, m: newMetrics(func() float64 { return 0 })}
-	s.cfg.MaxInflight, s.cfg.AckTimeout = 8, time.Hour
-	lp := &loop{srv: s}
-	f := &resetConn{h: &handler{srv: s}}
-	c := &conn{gc: f, lp: lp, state: stOpen, uid: 1}
-	c.idle.Init(w, func() {})
-	c.retx.Init(w, func() {})
-	defer c.retx.Stop()
-	f.ctx = c
+	w, s, lp, c := windowConn(t)
 	queued := w.Precise()
 	c.push(&pushMsg{frame: []byte("m1"), conv: "d:1:2", seq: 1})
 	for w.Precise() < queued+int64(5*time.Millisecond) {
