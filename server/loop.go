@@ -75,6 +75,7 @@ type loop struct {
 	arena     []byte   // frames queued until the next flush
 	req       request  // decoder scratch
 	cur       []entry  // entries taken from the inbox, run in order
+	flushing  bool     // flush is writing its dirty list (it stamps pushes at its end)
 	pos       int      // cur[pos] is the next entry to run
 	done      int      // items of cur run since the inbox count was last settled
 	reads     int      // OnTraffic calls since the last drain turn, while one is pending
@@ -557,9 +558,22 @@ const maxIovecs = 512
 // flush writes every dirty connection's queued frames, one writev per
 // maxIovecs frames, and resets the arena. REQUIRES: owning event loop.
 func (lp *loop) flush() {
+	lp.flushing = true
+	for _, c := range lp.dirty {
+		c.flushPend()
+	}
+	lp.flushing = false
+	// One clock read for the whole flush, taken after its last write: a
+	// first-send time may be late by the flush (never early).
+	var now int64
 	for i, c := range lp.dirty {
 		lp.dirty[i] = nil
-		c.flushPend()
+		if c.unstamped {
+			if now == 0 {
+				now = lp.srv.wheel.Precise()
+			}
+			c.stamp(now)
+		}
 	}
 	lp.dirty = lp.dirty[:0]
 	if cap(lp.arena) > 1<<20 {
@@ -584,7 +598,7 @@ func (c *conn) flushPend() {
 	}
 	lp.st.framesOut.Add(uint64(len(c.pend)))
 	lp.st.bytesOut.Add(uint64(n))
-	if c.unstamped {
+	if c.unstamped && !lp.flushing { // flush stamps its connections at its end
 		c.stamp(lp.srv.wheel.Precise())
 	}
 	// gnet hands Writev's slices to writev(2) as they are when nothing is
