@@ -272,21 +272,27 @@ func TestInboxBackpressure(t *testing.T) {
 	var released sync.Once
 	defer released.Do(func() { close(release) })
 
-	type tally struct{ stored, limited int }
+	type tally struct {
+		stored, limited int
+		unexpected      []string
+		err             error
+	}
 	var limited atomic.Bool
 	firstLimited := make(chan struct{})
 	replies := make(chan tally, 1)
 	var sent atomic.Int64 // sends written; the reader stops when all are answered
 	allWritten := make(chan struct{})
-	// The reader stops at the reply that answers the last send written.
-	// When allWritten closes, a reply is still due: the first rate_limited
-	// means the committer holds a batch it cannot hand on.
+	// The reader stops at the reply that answers the last send written
+	// (or at a read error); it reports to the test goroutine, which may
+	// have returned already. When allWritten closes, a reply is still due:
+	// the first rate_limited means the committer holds a batch it cannot
+	// hand on.
 	go func() {
 		var n tally
 		for {
 			p, err := pub.nextText()
 			if err != nil {
-				t.Error(err)
+				n.err = err
 				replies <- n
 				return
 			}
@@ -299,7 +305,7 @@ func TestInboxBackpressure(t *testing.T) {
 					close(firstLimited)
 				}
 			case bytes.Contains(p, []byte(`"type":"error"`)):
-				t.Errorf("unexpected %s", p)
+				n.unexpected = append(n.unexpected, string(p))
 			}
 			select {
 			case <-allWritten:
@@ -311,12 +317,13 @@ func TestInboxBackpressure(t *testing.T) {
 			}
 		}
 	}()
-	// Chunks of 10 until the first rate_limited; 5,000 sends without one
-	// means the path queued without bound.
+	// Chunks of 10 until a send was answered rate_limited and the committer
+	// has waited for the router; 5,000 sends without both means the path
+	// queued without bound.
 	const chunk, maxSends = 10, 5000
-	for k := 0; !limited.Load(); k++ {
+	for k := 0; !limited.Load() || ts.metric("magpie_router_waits_total") == 0; k++ {
 		if int(sent.Load()) >= maxSends {
-			t.Fatalf("%d sends and none answered rate_limited while a loop was stalled", maxSends)
+			t.Fatalf("%d sends and no backpressure while a loop was stalled (rate_limited seen: %v)", maxSends, limited.Load())
 		}
 		var b []byte
 		for i := 0; i < chunk; i++ {
@@ -350,6 +357,12 @@ func TestInboxBackpressure(t *testing.T) {
 	case n = <-replies:
 	case <-time.After(60 * time.Second):
 		t.Fatal("not every send was answered")
+	}
+	if n.err != nil {
+		t.Fatalf("publisher: %v", n.err)
+	}
+	for _, u := range n.unexpected {
+		t.Errorf("unexpected %s", u)
 	}
 	t.Logf("%d sends: %d stored, %d answered rate_limited", sent.Load(), n.stored, n.limited)
 	if int64(n.stored+n.limited) != sent.Load() || n.limited == 0 {

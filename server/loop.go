@@ -598,9 +598,6 @@ func (c *conn) flushPend() {
 	}
 	lp.st.framesOut.Add(uint64(len(c.pend)))
 	lp.st.bytesOut.Add(uint64(n))
-	if c.unstamped && !lp.flushing { // flush stamps its connections at its end
-		c.stamp(lp.srv.wheel.Precise())
-	}
 	// gnet hands Writev's slices to writev(2) as they are when nothing is
 	// buffered, and writev fails with EINVAL above IOV_MAX (1024) buffers,
 	// which closes the connection: write in chunks. A chunk that cannot go
@@ -613,6 +610,9 @@ func (c *conn) flushPend() {
 			_, _ = c.gc.Writev(p[:k])
 		}
 		p = p[k:]
+	}
+	if c.unstamped && !lp.flushing { // flush stamps its connections at its end
+		c.stamp(lp.srv.wheel.Precise()) // after the writes: never early
 	}
 	lp.releasePend(c)
 	c.checkOutbound()

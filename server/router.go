@@ -388,11 +388,14 @@ func (rt *router) add(c *conn, b *batch, i int, reply bool) bool {
 		rt.open[idx] = oe
 	}
 	if oe.lastBatch != rt.bgen {
+		// The entry takes b's sends from i on: the items routeBatch adds
+		// after this one are of sends i and later (also in a new entry
+		// after a split, which so copies only the rest of b).
 		oe.lastBatch = rt.bgen
-		oe.base = int32(len(oe.b.sends))
-		oe.b.sends = append(oe.b.sends, b.sends...)
-		oe.b.msgs = append(oe.b.msgs, b.msgs...)
-		oe.msgs += len(b.sends)
+		oe.base = int32(len(oe.b.sends) - i)
+		oe.b.sends = append(oe.b.sends, b.sends[i:]...)
+		oe.b.msgs = append(oe.b.msgs, b.msgs[i:]...)
+		oe.msgs += len(b.sends) - i
 	}
 	arg := oe.base + int32(i)
 	if reply {

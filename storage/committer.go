@@ -218,10 +218,10 @@ func (s *Store) step(m *Send, r *request) {
 }
 
 // fill adds queued operations until the batch is full (MaxBatch operations
-// or maxBatchBytes staged), the queues are empty or a barrier comes, which
-// it returns.
+// or maxBatchBytes of estimated memtable size staged), the queues are
+// empty or a barrier comes, which it returns.
 func (c *committer) fill() *request {
-	for c.n < c.s.o.MaxBatch && len(c.buf) < c.s.maxBatchBytes {
+	for c.n < c.s.o.MaxBatch && c.stagedSize() < c.s.maxBatchBytes {
 		select {
 		case m := <-c.s.q:
 			c.send(m)
@@ -609,6 +609,12 @@ type staged struct {
 
 // put stages a pair and returns its key and value to fill in. They are
 // valid until the next put.
+// stagedSize estimates what the staged pairs take in a memtable: their
+// bytes plus a skiplist node each (Pebble charges up to ~200 bytes per
+// key, arenaskl.MaxNodeSize), so that a batch stays well below half a
+// memtable, where Pebble would commit it as a flushable batch.
+func (c *committer) stagedSize() int { return len(c.buf) + 256*len(c.ents) }
+
 func (c *committer) put(klen, vlen int) (k, v []byte) {
 	off := len(c.buf)
 	c.buf = slices.Grow(c.buf, klen+vlen)[:off+klen+vlen]
@@ -739,22 +745,13 @@ func (c *committer) commit() {
 	var syncDur time.Duration
 	var err error
 	empty := c.pb.Empty()
+	size := c.pb.Len() // before Commit: a flushable batch loses its data
 	if !empty {
 		syncDur, err = s.commitPebble(c.pb)
 	}
 	var lastSeq uint64
 	if err == nil && !empty {
-		if c.pb.SeqNum() == 0 {
-			// A flushable batch (maxBatchBytes should prevent one): it
-			// has no seqnum to track, so flush it into sstables, where
-			// the cmid probes find it.
-			s.log.Warn("storage: batch committed as a flushable batch; flushing", "bytes", c.pb.Len())
-			if ferr := s.db.Flush(); ferr != nil {
-				s.log.Error("storage: flush after a flushable batch", "err", ferr)
-			}
-		} else {
-			lastSeq = uint64(c.pb.SeqNum()) + uint64(c.pb.Count()) - 1
-		}
+		lastSeq = s.lastSeqOf(c.pb, size)
 	}
 	if err != nil {
 		s.st.commitErrors.Add(1)
@@ -920,6 +917,27 @@ func (s *Store) publishConvSet(gen, uid uint64, k convKey, add bool) {
 // again from Pebble when needed), so that building a large group one join
 // at a time does not copy its member list every time.
 const copyLimit = 4096
+
+// lastSeqOf returns the sequence number of the last key of committed
+// batch b (size: its length before Commit), which the unflushed-cmid set
+// tracks (unflushed.go INVARIANT U). A batch Pebble committed as a
+// flushable batch (half a memtable or more: stagedSize keeps batches below
+// that, but one large operation can still make one) has no seqnum, so it
+// is flushed into sstables here, where the cmid lookups find it, and 0 is
+// returned: nothing to track. If that flush fails the store is marked
+// broken, since its cmids would be in neither place.
+// REQUIRES: the committer.
+func (s *Store) lastSeqOf(b *pebble.Batch, size int) uint64 {
+	if b.SeqNum() != 0 {
+		return uint64(b.SeqNum()) + uint64(b.Count()) - 1
+	}
+	s.log.Warn("storage: batch committed as a flushable batch; flushing", "bytes", size)
+	if err := s.db.Flush(); err != nil {
+		s.log.Error("storage: flush after a flushable batch failed; refusing writes until a restart", "err", err)
+		s.broken.Store(true)
+	}
+	return 0
+}
 
 // commitPebble commits b durably (see Options.Fsync and noSyncWALFS) and
 // returns the time Pebble waited for the WAL write and sync. A Pebble fatal

@@ -80,3 +80,21 @@ func TestLargeBatchRetryIsDup(t *testing.T) {
 		t.Fatalf("retry of big-0 (seq %d): err %v dup %v seq %d — stored twice", big[0].Msg.Seq, retry.Err, retry.Dup, retry.Msg.Seq)
 	}
 }
+
+// One send of more than half the memtable is committed as a flushable
+// batch whatever the byte cap (it is one operation); the committer then
+// flushes it, and a retry is still a duplicate.
+func TestHugeSendRetryIsDup(t *testing.T) {
+	ts := openT(t, t.TempDir(), Options{memTable: 1 << 20, MaxBody: 1 << 20})
+	a, b := ts.user("a"), ts.user("b")
+	body := strings.Repeat("z", 700<<10)
+	first := ts.send(&Send{From: a, CMID: "huge", To: b, Body: body})
+	if first.Err != nil || first.Dup {
+		t.Fatalf("first: %v dup %v", first.Err, first.Dup)
+	}
+	ts.sendOK(a, "after", b, 0, "x") // a later batch prunes the unflushed set
+	retry := ts.send(&Send{From: a, CMID: "huge", To: b, Body: body})
+	if retry.Err != nil || !retry.Dup || retry.Msg.Seq != first.Msg.Seq {
+		t.Fatalf("retry (first seq %d): err %v dup %v seq %d — stored twice", first.Msg.Seq, retry.Err, retry.Dup, retry.Msg.Seq)
+	}
+}

@@ -129,6 +129,7 @@ func (s *Store) barrierUnit(b *pebble.Batch, r *request) (time.Duration, bool) {
 	}
 	var syncDur time.Duration
 	empty := b.Empty() // before Commit, which may hand a large batch's data to Pebble
+	size := b.Len()
 	if !empty {
 		var err error
 		syncDur, err = s.commitPebble(b)
@@ -147,7 +148,7 @@ func (s *Store) barrierUnit(b *pebble.Batch, r *request) (time.Duration, bool) {
 	}
 	if !empty {
 		if len(r.sends) > 0 {
-			last := uint64(b.SeqNum()) + uint64(b.Count()) - 1
+			last := s.lastSeqOf(b, size)
 			for _, m := range r.sends {
 				s.storedCMID(m, last, c.gen)
 			}
@@ -161,11 +162,13 @@ func (s *Store) barrierUnit(b *pebble.Batch, r *request) (time.Duration, bool) {
 // storedCMID records the cmid of a message the committer stored outside a
 // batch of sends (a system message) where the idempotency checks look:
 // the unflushed set (unflushed.go INVARIANT U; batchSeq is the last
-// sequence number of its Pebble batch) and its sender's fingerprint set
+// sequence number of its Pebble batch, 0 when it was flushed already) and its sender's fingerprint set
 // when cached (senders.go INVARIANT S).
 func (s *Store) storedCMID(m *Send, batchSeq, gen uint64) {
 	h := s.unflushed.cmidHash(m.CMID)
-	s.unflushed.add(s.unflushed.fp(m.From, h), batchSeq)
+	if batchSeq != 0 { // 0: the batch was flushed into sstables (lastSeqOf)
+		s.unflushed.add(s.unflushed.fp(m.From, h), batchSeq)
+	}
 	k := ckey{kind: kCMIDs, a: m.From}
 	if e := s.cache.pinned(k, gen); e != nil {
 		fs := e.v.(*senderFPs)
