@@ -116,6 +116,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	}
 	bi := buildinfo.Get()
 	logStart(log, bi)
+	logLimits(log, os.ReadFile)
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
