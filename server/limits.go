@@ -38,4 +38,3 @@ func logLimits(log *slog.Logger, readFile func(string) ([]byte, error)) {
 			"somaxconn", n, "recommended_at_least", minBacklog)
 	}
 }
-
