@@ -141,9 +141,11 @@ func TestMaxMessageExactlyAccepted(t *testing.T) {
 
 func TestSlowlorisAndAuthTimeout(t *testing.T) {
 	ts := startServer(t, func(c *Config) { c.AuthTimeout = 300 * time.Millisecond })
-	// Half-sent handshake: closed without a response.
-	r := dialRaw(t, ts.ws)
+	// Half-sent handshake: closed without a response. The server's clock
+	// starts when it accepts, after the dial began: start before dialing,
+	// or an accept that beats time.Now() looks early.
 	start := time.Now()
+	r := dialRaw(t, ts.ws)
 	r.Write([]byte("GET /ws HTTP/1.1\r\nHost: x\r\n"))
 	_ = r.SetReadDeadline(time.Now().Add(3 * time.Second))
 	n, err := r.Read(make([]byte, 100))
@@ -154,8 +156,8 @@ func TestSlowlorisAndAuthTimeout(t *testing.T) {
 		t.Errorf("closed after %v, want 300ms (+ ≤100ms timer lateness + scheduling)", el)
 	}
 	// Upgraded but never authenticated: 4002.
-	r2 := dialRaw(t, ts.ws)
 	start = time.Now()
+	r2 := dialRaw(t, ts.ws)
 	r2.upgrade("")
 	if code := r2.expectClose(); code != 4002 {
 		t.Fatalf("want 4002, got %d", code)
