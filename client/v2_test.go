@@ -513,6 +513,9 @@ func TestPresenceSubscribeAndResubscribe(t *testing.T) {
 	// Bob goes away: a push says offline with last_seen.
 	b.Close()
 	waitFor(t, 5*time.Second, "bob offline", func() bool { p, _ := a.Presence(2); return !p.Online && p.LastSeen > 0 })
+	// The state is updated before OnPresence runs (callbacks are
+	// delivered in order on their own goroutine): wait for the callback.
+	waitFor(t, 5*time.Second, "OnPresence for the push", func() bool { return len(v.snapshot().presence) >= 2 })
 	snap := v.snapshot().presence
 	if last := snap[len(snap)-1]; len(last) != 1 || last[0].UID != 2 || last[0].Online {
 		t.Fatalf("push %+v", last)
