@@ -302,15 +302,7 @@ func fltCrashTest(t *testing.T, fsync bool, rounds int) {
 
 	for round := 1; round <= rounds; round++ {
 		var wg, ready sync.WaitGroup
-		stats := make([]fltSenderStats, len(senders))
-		for i, s := range senders {
-			wg.Add(1)
-			ready.Add(1)
-			go func() {
-				defer wg.Done()
-				s.run(t, srv, round, window, led, ready.Done, &stats[i])
-			}()
-		}
+		stats := fltStartSenders(t, srv, senders, round, window, led, &wg, &ready)
 		delay := fltKillRandomly(t, srv, rng, round, &ready, &wg)
 		written, limited := 0, 0
 		for _, st := range stats {
@@ -334,6 +326,22 @@ func fltCrashTest(t *testing.T, fsync bool, rounds int) {
 		}
 	}
 	fltVerify(t, srv, led, readers)
+}
+
+// fltStartSenders starts each sender's run of this round (window sends in
+// flight each), counted in wg, each marking ready at its first reply; it
+// returns their statistics, filled once wg is done.
+func fltStartSenders(t *testing.T, srv *testserver.Server, senders []*fltSender, round, window int, led *fltLedger, wg, ready *sync.WaitGroup) []fltSenderStats {
+	stats := make([]fltSenderStats, len(senders))
+	for i, s := range senders {
+		wg.Add(1)
+		ready.Add(1)
+		go func() {
+			defer wg.Done()
+			s.run(t, srv, round, window, led, ready.Done, &stats[i])
+		}()
+	}
+	return stats
 }
 
 // fltKillRandomly waits until every client of the round had its first

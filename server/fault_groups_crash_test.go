@@ -149,15 +149,7 @@ func fltGroupCrashTest(t *testing.T, fsync bool, rounds int) {
 	t.Logf("seed %d", seed)
 	for round := 1; round <= rounds; round++ {
 		var wg, ready sync.WaitGroup
-		stats := make([]fltSenderStats, len(senders))
-		for i, s := range senders {
-			wg.Add(1)
-			ready.Add(1)
-			go func() {
-				defer wg.Done()
-				s.run(t, srv, round, 16, led, ready.Done, &stats[i])
-			}()
-		}
+		fltStartSenders(t, srv, senders, round, 16, led, &wg, &ready)
 		for _, a := range actors {
 			wg.Add(1)
 			ready.Add(1)
