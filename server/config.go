@@ -16,6 +16,7 @@ import (
 // and default; Validate reports every bad value at once, naming the flags.
 type Config struct {
 	Listen        string        // --listen; default ":7070"
+	ListenFD      int           // --listen-fd; default 0 (none): serve WebSocket on this inherited listening socket instead (listenfd.go)
 	HTTP          string        // --http; default ":8080"
 	WSURL         string        // --ws-url; default "" (derived from the login request)
 	Data          string        // --data; default "./data"
@@ -92,6 +93,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs := flag.NewFlagSet("magpie serve", flag.ContinueOnError)
 	fs.SetOutput(out)
 	fs.StringVar(&c.Listen, "listen", c.Listen, "WebSocket address (gnet)")
+	fs.IntVar(&c.ListenFD, "listen-fd", 0, "serve WebSocket on this inherited listening socket (socket activation, e.g. 3 under a systemd .socket unit) instead of --listen; 0: none")
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "HTTP address: API, web UI, /metrics, /healthz")
 	fs.StringVar(&c.WSURL, "ws-url", "", "public WebSocket URL returned by login (behind a proxy); default ws://HOST:PORT/ws from the request")
 	fs.StringVar(&c.Data, "data", c.Data, "data directory (Pebble store and token secret)")
@@ -141,6 +143,11 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	c.IdleTimeout = *idle
 	explicitIdle := false
 	fs.Visit(func(f *flag.Flag) { explicitIdle = explicitIdle || f.Name == "idle-timeout" })
+	explicitListen := false
+	fs.Visit(func(f *flag.Flag) { explicitListen = explicitListen || f.Name == "listen" })
+	if explicitListen && c.ListenFD != 0 {
+		return c, errors.New("--listen-fd: the WebSocket socket comes from --listen-fd or --listen, not both")
+	}
 	if explicitIdle && *idle <= 0 {
 		return c, fmt.Errorf("--idle-timeout: must be positive, got %v", *idle)
 	}
@@ -165,6 +172,9 @@ func (c *Config) Validate() error {
 	bad := func(flag, why string) { errs = append(errs, fmt.Errorf("--%s: %s", flag, why)) }
 	if c.Listen == "" {
 		bad("listen", "must not be empty")
+	}
+	if c.ListenFD < 0 || c.ListenFD == 1 || c.ListenFD == 2 {
+		bad("listen-fd", fmt.Sprintf("must be 0 (none) or a descriptor of 3 or more, got %d", c.ListenFD))
 	}
 	if c.HTTP == "" {
 		bad("http", "must not be empty")

@@ -16,8 +16,7 @@ type handler struct {
 
 // OnBoot runs once on the goroutine of gnet.Run, before any loop.
 func (h *handler) OnBoot(eng gnet.Engine) gnet.Action {
-	h.srv.booted(eng)
-	return gnet.None
+	return h.srv.booted(eng)
 }
 
 // OnOpen sets up a new connection (or registers a loop's wake socket).

@@ -67,6 +67,10 @@ type Server struct {
 	eng      gnet.Engine
 	bootedCh chan struct{}
 	wsPort   int
+	// With --listen-fd: the inherited socket's address (checkListenFD),
+	// and why OnBoot could not adopt it (read after bootedCh).
+	inherited *net.TCPAddr
+	bootErr   error
 
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop]
@@ -209,9 +213,20 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		}
 	}()
 
+	listen, listenFlag := cfg.Listen, "--listen "+cfg.Listen
+	if cfg.ListenFD > 0 {
+		addr, err := checkListenFD(cfg.ListenFD)
+		if err != nil {
+			hs.Close()
+			store.Close()
+			return fmt.Errorf("--listen-fd %d: %w", cfg.ListenFD, err)
+		}
+		listen, listenFlag = placeholderAddr, "--listen-fd "+strconv.Itoa(cfg.ListenFD)
+		s.inherited = addr
+	}
 	gerr := make(chan error, 1)
 	go func() {
-		gerr <- gnet.Run(&handler{srv: s}, "tcp://"+cfg.Listen,
+		gerr <- gnet.Run(&handler{srv: s}, "tcp://"+listen,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(cfg.Loops),
 			gnet.WithReuseAddr(true),
@@ -224,13 +239,22 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	case err := <-gerr:
 		hs.Close()
 		store.Close()
-		return fmt.Errorf("--listen %s: %w", cfg.Listen, err)
+		return fmt.Errorf("%s: %w", listenFlag, err)
+	}
+	if s.bootErr != nil {
+		<-gerr // OnBoot asked gnet to shut down
+		hs.Close()
+		store.Close()
+		return fmt.Errorf("%s: %w", listenFlag, s.bootErr)
 	}
 	out := opt.Stderr
 	if out == nil {
 		out = os.Stderr
 	}
 	host, _, _ := net.SplitHostPort(cfg.Listen)
+	if s.inherited != nil {
+		host = s.inherited.IP.String()
+	}
 	if host == "" {
 		host = "0.0.0.0"
 	}
@@ -351,8 +375,22 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 }
 
 // booted records the engine and the bound port. gnet's OnBoot.
-func (s *Server) booted(eng gnet.Engine) {
+func (s *Server) booted(eng gnet.Engine) gnet.Action {
 	s.eng = eng
+	defer close(s.bootedCh)
+	if s.inherited != nil {
+		dup, err := eng.Dup()
+		if err == nil {
+			err = adoptListener(dup, s.cfg.ListenFD)
+			unix.Close(dup)
+		}
+		if err != nil {
+			s.bootErr = err
+			return gnet.Shutdown
+		}
+		s.wsPort = s.inherited.Port
+		return gnet.None
+	}
 	if fd, err := eng.Dup(); err == nil {
 		if sa, err := unix.Getsockname(fd); err == nil {
 			switch a := sa.(type) {
@@ -364,7 +402,7 @@ func (s *Server) booted(eng gnet.Engine) {
 		}
 		unix.Close(fd)
 	}
-	close(s.bootedCh)
+	return gnet.None
 }
 
 // loopOf returns the state of a gnet loop, creating it on first use.

@@ -8,6 +8,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -69,6 +70,7 @@ type Server struct {
 	Args     []string // extra flags
 	WSAddr   string   // host:port of the WebSocket listener
 	HTTPAddr string   // host:port of the HTTP listener
+	held     *os.File // StartHeld: the WebSocket socket, passed as descriptor 3
 	cmd      *exec.Cmd
 	done     chan struct{}
 	exitErr  error
@@ -96,6 +98,27 @@ func StartIn(t testing.TB, dir string, args ...string) *Server {
 	return s
 }
 
+// StartHeld is Start with the WebSocket socket held by the test, as a
+// supervisor holds it under socket activation: the server gets it as
+// descriptor 3 (--listen-fd 3), and it stays open, queueing connections,
+// across Kill and Restart.
+func StartHeld(t testing.TB, args ...string) *Server {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f, err := ln.(*net.TCPListener).File() // a duplicate: the socket outlives ln
+	ln.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := &Server{t: t, Dir: t.TempDir(), Args: args, held: f}
+	t.Cleanup(func() { s.Kill(); f.Close() })
+	s.start()
+	return s
+}
+
 func (s *Server) start() {
 	s.t.Helper()
 	listen, httpAddr := "127.0.0.1:0", "127.0.0.1:0"
@@ -103,8 +126,15 @@ func (s *Server) start() {
 	if s.WSAddr != "" {
 		listen, httpAddr = s.WSAddr, s.HTTPAddr
 	}
-	argv := append([]string{"serve", "--listen", listen, "--http", httpAddr, "--data", s.Dir}, s.Args...)
+	argv := []string{"serve", "--listen", listen, "--http", httpAddr, "--data", s.Dir}
+	if s.held != nil {
+		argv = []string{"serve", "--listen-fd", "3", "--http", httpAddr, "--data", s.Dir}
+	}
+	argv = append(argv, s.Args...)
 	cmd := exec.Command(Binary(s.t), argv...)
+	if s.held != nil {
+		cmd.ExtraFiles = []*os.File{s.held}
+	}
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		s.t.Fatal(err)
