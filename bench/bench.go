@@ -15,6 +15,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -98,51 +99,52 @@ func Main(args []string) int {
 }
 
 type options struct {
-	scenario   string
-	exe        string
-	wsURL      string
-	httpURL    string
-	serverPID  int
-	tokens     string
-	password   string
-	signupConc int
-	usersCache string
-	spawn      bool
-	data       string
-	serverArgs []string
-	prefix     string
-	procs      int
-	src        int
-	conc       int
-	connRate   float64
-	heartbeat  time.Duration
-	timeout    time.Duration
-	jsonOut    string
-	target     string
-	hold       time.Duration
-	conns      int
-	pairs      int
-	rate       float64
-	window     int
-	duration   time.Duration
-	size       int
-	members    int
-	messages   int
-	kill       string
-	wait       time.Duration
-	profile    string
-	profileSec int
-	ack        bool
-	ackMode    string
-	publishers int
-	groups     int
-	groupSize  int
-	groupFrac  float64
-	churn      float64
-	cleanFrac  float64
-	drain      time.Duration
-	settle     time.Duration
-	sample     time.Duration
+	scenario     string
+	exe          string
+	wsURL        string
+	httpURL      string
+	serverPID    int
+	tokens       string
+	password     string
+	signupConc   int
+	usersCache   string
+	spawn        bool
+	holdListener bool
+	data         string
+	serverArgs   []string
+	prefix       string
+	procs        int
+	src          int
+	conc         int
+	connRate     float64
+	heartbeat    time.Duration
+	timeout      time.Duration
+	jsonOut      string
+	target       string
+	hold         time.Duration
+	conns        int
+	pairs        int
+	rate         float64
+	window       int
+	duration     time.Duration
+	size         int
+	members      int
+	messages     int
+	kill         string
+	wait         time.Duration
+	profile      string
+	profileSec   int
+	ack          bool
+	ackMode      string
+	publishers   int
+	groups       int
+	groupSize    int
+	groupFrac    float64
+	churn        float64
+	cleanFrac    float64
+	drain        time.Duration
+	settle       time.Duration
+	sample       time.Duration
 }
 
 func parseOptions(scenario string, args []string) (*options, error) {
@@ -154,6 +156,7 @@ func parseOptions(scenario string, args []string) (*options, error) {
 	fs.StringVar(&o.tokens, "tokens", "", `file of "uid username token" lines (magpie user import --tokens); default: users created through the HTTP API of --http`)
 	fs.BoolVar(&o.spawn, "spawn", false, "start (and own) the server: magpie serve --data DIR on the --url and --http addresses")
 	fs.StringVar(&o.data, "data", "", "with --spawn: the server's data dir")
+	fs.BoolVar(&o.holdListener, "hold-listener", false, "with --spawn: bind the --url socket in the harness and pass it to every server it starts (magpie serve --listen-fd 3), as a systemd .socket unit does: clients that connect during a restart wait in its queue instead of being refused")
 	sargs := fs.String("server-args", "", "with --spawn: extra flags of magpie serve, space-separated (e.g. \"--send-rate 0 --fsync=false\")")
 	fs.StringVar(&o.prefix, "prefix", "bench", "username prefix of the users the harness creates (PREFIX1 …): through the HTTP API, or imported with --spawn")
 	fs.StringVar(&o.password, "password", BenchPassword, "password of the users created through the HTTP API (an existing user is logged in with it)")
@@ -223,6 +226,9 @@ func parseOptions(scenario string, args []string) (*options, error) {
 		return nil, err
 	}
 	o.exe = exe
+	if o.holdListener && !o.spawn {
+		return nil, errors.New("--hold-listener needs --spawn")
+	}
 	if o.spawn && o.data == "" {
 		return nil, errors.New("--spawn needs --data")
 	}
@@ -399,6 +405,18 @@ func (e *env) spawnServer() error {
 		return fmt.Errorf("--http: %v", err)
 	}
 	e.srv = &spawned{exe: o.exe, data: o.data, listen: e.u.Host, http: h.Host, args: o.serverArgs}
+	if o.holdListener {
+		ln, err := net.Listen("tcp", e.u.Host)
+		if err != nil {
+			return fmt.Errorf("--hold-listener: %v", err)
+		}
+		f, err := ln.(*net.TCPListener).File() // a duplicate: the socket outlives ln
+		ln.Close()
+		if err != nil {
+			return fmt.Errorf("--hold-listener: %v", err)
+		}
+		e.srv.held = f
+	}
 	t0 := time.Now()
 	if err := e.srv.start(); err != nil {
 		return err

@@ -168,6 +168,26 @@ func TestStormSpawned(t *testing.T) {
 	}
 }
 
+// With --hold-listener the harness owns the WebSocket socket across the
+// SIGKILL and restart (magpie serve --listen-fd 3): no reconnect attempt
+// is refused, every client comes back and catches up.
+func TestStormHeldListener(t *testing.T) {
+	dir := t.TempDir()
+	ws, h := freePort(t), freePort(t)
+	r := runScenario(t, "storm", "--spawn", "--hold-listener", "--data", dir,
+		"--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", ws), "--http", fmt.Sprintf("http://127.0.0.1:%d", h),
+		"--procs", "2", "--conns", "30", "--messages", "5", "--rate", "50", "--wait", "20s")
+	if got := num(t, r, "caught_up"); got != 30 {
+		t.Errorf("caught_up = %v, want 30", got)
+	}
+	if num(t, r, "lost") != 0 {
+		t.Errorf("lost %v", num(t, r, "lost"))
+	}
+	if f := num(t, r, "reconnect_failures"); f != 0 {
+		t.Errorf("reconnect_failures = %v, want 0 (connects queue on the held socket)", f)
+	}
+}
+
 // TestBaseline runs connect and fanout against both modes of the baseline
 // server, in process.
 func TestBaseline(t *testing.T) {

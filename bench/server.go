@@ -264,6 +264,7 @@ func findListenerPID(port int) int {
 type spawned struct {
 	exe, data, listen, http string
 	args                    []string
+	held                    *os.File // --hold-listener: the WebSocket socket, descriptor 3 of every server
 	cmd                     *exec.Cmd
 	done                    chan struct{}
 	log                     *os.File
@@ -276,8 +277,14 @@ func (s *spawned) start() error {
 		c.Close()
 		return fmt.Errorf("something already listens on %s; stop it or choose another --http", s.http)
 	}
-	argv := append([]string{"serve", "--data", s.data, "--listen", s.listen, "--http", s.http}, s.args...)
-	cmd := exec.Command(s.exe, argv...)
+	argv := []string{"serve", "--data", s.data, "--listen", s.listen, "--http", s.http}
+	if s.held != nil {
+		argv = []string{"serve", "--data", s.data, "--listen-fd", "3", "--http", s.http}
+	}
+	cmd := exec.Command(s.exe, append(argv, s.args...)...)
+	if s.held != nil {
+		cmd.ExtraFiles = []*os.File{s.held}
+	}
 	if s.log == nil {
 		f, err := os.OpenFile(filepath.Join(s.data, "serve.log"), os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 		if err != nil {
