@@ -193,6 +193,7 @@ func (c *client) connect() error {
 	c.p.lc.welcomes.Add(1)
 	c.p.lc.online.Add(1)
 	if c.p.soak.Load() {
+		c.soakEvent('w')
 		c.resendPending(wc, false)
 	}
 	if c.p.catchupReq.Load() {
@@ -261,6 +262,9 @@ func (c *client) readLoop(wc *wsConn, done chan struct{}) {
 	}
 	wc.close()
 	c.p.lc.online.Add(-1)
+	if c.p.soak.Load() {
+		c.soakEvent('x')
+	}
 	var ce closeError
 	if errors.As(err, &ce) {
 		c.p.lc.closeCode(strconv.Itoa(ce.code))
@@ -417,7 +421,7 @@ func (c *client) onMsg(m []byte) {
 	if bytes.Contains(m, sysKind) {
 		c.onSystem(conv, seq, m)
 	}
-	if c.p.soak.Load() && c.soakHold(conv, seq) {
+	if c.p.soak.Load() && c.soakHold(conv, seq, 'p') {
 		c.p.lc.dups.Add(1)
 		return
 	}
@@ -566,6 +570,7 @@ func (c *client) isGroupConv(conv []byte, g uint64) bool {
 // seqSet is the set of seqs of one conversation a client holds: what its
 // application would keep after dropping duplicates by (conv, seq).
 type seqSet struct {
+	name   string // the conversation (soak)
 	bits   []uint64
 	contig uint64 // it holds every seq 1..contig
 }
@@ -680,6 +685,11 @@ func (c *client) onConvs(wc *wsConn, m []byte) {
 	soak := c.p.soak.Load()
 	want := "g:" + strconv.FormatUint(c.p.group.Load(), 10)
 	for _, it := range r.Items {
+		if soak {
+			c.sk.mu.Lock()
+			c.sk.note('c', c.sk.set([]byte(it.Conv)).name, it.LastSeq)
+			c.sk.mu.Unlock()
+		}
 		if held := c.held(it.Conv); (soak || it.Conv == want) && held < it.LastSeq {
 			c.requestHistory(wc, it.Conv, held)
 		}
@@ -699,7 +709,7 @@ func (c *client) onHistory(wc *wsConn, m []byte) {
 	}
 	for _, x := range r.Messages {
 		if c.p.soak.Load() {
-			c.soakHold([]byte(r.Conv), x.Seq)
+			c.soakHold([]byte(r.Conv), x.Seq, 'h')
 		} else {
 			c.hold(x.Seq)
 		}

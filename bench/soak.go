@@ -31,6 +31,59 @@ type soakClient struct {
 	tokens  float64 // send budget, refilled at the server's send_rate
 	tokAt   time.Time
 	prefix  string // cmid prefix, set before sending starts
+	conn    uint32 // connections welcomed so far (the current one's number)
+	trace   [soakTrace]soakEv
+	traceN  int // events recorded; the last soakTrace are in trace
+}
+
+// soakTrace is how many of a client's latest events its trace keeps: a
+// loss report shows those of the lost conversation, to tell a push the
+// server skipped from one the client dropped or a catch-up that missed.
+const soakTrace = 96
+
+// soakEv is one traced event: a push (p), sent (s) or history message (h)
+// of conv's seq, a convs item (c, seq = last_seq), or a welcome (w) or
+// disconnect (x) of connection number conn.
+type soakEv struct {
+	at   int64 // unix ms
+	kind byte
+	conn uint32
+	conv string
+	seq  uint64
+}
+
+// note records an event. REQUIRES: k.mu held.
+func (k *soakClient) note(kind byte, conv string, seq uint64) {
+	k.trace[k.traceN%soakTrace] = soakEv{at: time.Now().UnixMilli(), kind: kind, conn: k.conn, conv: conv, seq: seq}
+	k.traceN++
+}
+
+// traceOf formats the traced events of conv (and every welcome and
+// disconnect), oldest first. REQUIRES: k.mu held.
+func (k *soakClient) traceOf(conv string) string {
+	var b strings.Builder
+	for i := max(0, k.traceN-soakTrace); i < k.traceN; i++ {
+		e := &k.trace[i%soakTrace]
+		if e.conv != conv && e.kind != 'w' && e.kind != 'x' {
+			continue
+		}
+		fmt.Fprintf(&b, " %d%c%d", e.at%100000, e.kind, e.conn)
+		if e.conv != "" {
+			fmt.Fprintf(&b, ":%d", e.seq)
+		}
+	}
+	return b.String()
+}
+
+// soakEvent records a welcome (w) or disconnect (x) in the trace.
+func (c *client) soakEvent(kind byte) {
+	k := &c.sk
+	k.mu.Lock()
+	if kind == 'w' {
+		k.conn++
+	}
+	k.note(kind, "", 0)
+	k.mu.Unlock()
 }
 
 // pendingSend is a send with no sent yet; it is re-sent (same cmid) after
@@ -40,12 +93,15 @@ type pendingSend struct {
 	retry bool // rate_limited or internal, or its write failed
 }
 
-// soakHold marks (conv, seq) held and reports whether it already was.
-func (c *client) soakHold(conv []byte, seq uint64) bool {
+// soakHold marks (conv, seq) held, traced as kind, and reports whether it
+// already was.
+func (c *client) soakHold(conv []byte, seq uint64, kind byte) bool {
 	k := &c.sk
 	k.mu.Lock()
 	defer k.mu.Unlock()
-	return k.set(conv).add(seq)
+	s := k.set(conv)
+	k.note(kind, s.name, seq)
+	return s.add(seq)
 }
 
 // set returns conv's seq set, made on first use. REQUIRES: k.mu held.
@@ -55,8 +111,8 @@ func (k *soakClient) set(conv []byte) *seqSet {
 		if k.convs == nil {
 			k.convs = map[string]*seqSet{}
 		}
-		s = &seqSet{}
-		k.convs[string(conv)] = s
+		s = &seqSet{name: string(conv)}
+		k.convs[s.name] = s
 	}
 	return s
 }
@@ -97,7 +153,7 @@ func (c *client) onSoakSent(m []byte) bool {
 	if bytes.HasPrefix(conv, []byte("g:")) {
 		c.p.lc.groupSent.Add(1)
 	}
-	c.soakHold(conv, seq) // the sender holds its own message
+	c.soakHold(conv, seq, 's') // the sender holds its own message
 	return true
 }
 
@@ -370,14 +426,15 @@ func (p *pool) soakCheck(lasts map[string]uint64) *workerResult {
 				s = &seqSet{}
 			}
 			n := s.missing(last)
-			c.sk.mu.Unlock()
-			r.Deliveries += int64(last)
 			if n > 0 {
 				r.Missing += n
 				if len(r.Examples) < 10 {
-					r.Examples = append(r.Examples, fmt.Sprintf("uid %d %s: %d of 1..%d not held", c.spec.UID, conv, n, last))
+					r.Examples = append(r.Examples, fmt.Sprintf("uid %d %s: %d of 1..%d not held; trace (ms%%1e5, event, conn:seq):%s",
+						c.spec.UID, conv, n, last, c.sk.traceOf(conv)))
 				}
 			}
+			c.sk.mu.Unlock()
+			r.Deliveries += int64(last)
 		}
 	}
 	return r
