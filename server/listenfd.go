@@ -70,15 +70,16 @@ func checkListenFD(fd int) (*net.TCPAddr, error) {
 
 // adoptListener moves inherited listening socket fd onto the descriptor
 // of gnet's placeholder listener, of which dup is a duplicate (from
-// Engine.Dup), and closes fd. REQUIRES: OnBoot (no reactor polls yet).
-func adoptListener(dup, fd int) error {
+// Engine.Dup), closes fd, and returns the descriptor gnet accepts from.
+// REQUIRES: OnBoot (no reactor polls yet).
+func adoptListener(dup, fd int) (int, error) {
 	want, err := unix.Getsockname(dup)
 	if err != nil {
-		return fmt.Errorf("placeholder: %w", err)
+		return -1, fmt.Errorf("placeholder: %w", err)
 	}
 	wantAddr := sockaddrTCP(want)
 	if wantAddr == nil {
-		return errors.New("placeholder: not a TCP socket")
+		return -1, errors.New("placeholder: not a TCP socket")
 	}
 	// The placeholder's own descriptor is the one other open descriptor
 	// bound to that ephemeral address.
@@ -99,13 +100,36 @@ func adoptListener(dup, fd int) error {
 		}
 	}
 	if target < 0 {
-		return errors.New("placeholder listener not found among open descriptors")
+		return -1, errors.New("placeholder listener not found among open descriptors")
 	}
 	if err := unix.Dup3(fd, target, unix.O_CLOEXEC); err != nil {
-		return fmt.Errorf("dup3: %w", err)
+		return -1, fmt.Errorf("dup3: %w", err)
 	}
 	unix.Close(fd)
-	return nil
+	return target, nil
+}
+
+// releaseListener stops accepting from the inherited socket at descriptor
+// fd without closing or shutting it down (the supervisor's copy must keep
+// queueing): a fresh listener that nobody connects to takes the descriptor
+// number, so gnet's next accepts find nothing, and connections that
+// arrive during a graceful shutdown wait for the next server instead of
+// being accepted and closed. gnet's epoll registration still names the
+// inherited socket: a new arrival wakes the acceptor, whose accept on fd
+// returns EAGAIN. Any goroutine.
+func releaseListener(fd int) error {
+	d, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	defer unix.Close(d)
+	if err := unix.Bind(d, &unix.SockaddrInet4{Addr: [4]byte{127, 0, 0, 1}}); err != nil {
+		return err
+	}
+	if err := unix.Listen(d, 1); err != nil {
+		return err
+	}
+	return unix.Dup3(d, fd, unix.O_CLOEXEC)
 }
 
 // openFDs lists this process's open descriptors from /proc/self/fd, or

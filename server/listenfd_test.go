@@ -58,6 +58,60 @@ func TestListenFDQueuesAcrossKill(t *testing.T) {
 	}
 }
 
+// A graceful restart (SIGTERM, then a new server) under socket activation:
+// a client that connects after the 1001 is served by the next server, not
+// refused. (That the draining server stops accepting from the socket, so
+// that such a client is not accepted and closed by it, is
+// TestReleaseListener's: the drain is too short to hit from outside.)
+func TestListenFDGracefulRestart(t *testing.T) {
+	s := testserver.StartHeld(t, "--secret", fltSecret, "--log-level", "warn", "--shutdown-grace", "10s")
+	tok := fltToken(fltRegister(t, s, "held2"))
+	r1, err := wstest.DialRaw(s.WSAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r1.Close()
+	if err := r1.Upgrade("token=" + tok + "&device=a"); err != nil {
+		t.Fatal(err)
+	}
+	if _, p, err := r1.ReadFrame(10 * time.Second); err != nil || !strings.Contains(string(p), `"type":"welcome"`) {
+		t.Fatalf("want welcome, got %q, %v", p, err)
+	}
+	s.Terminate()
+	// The 1001 says the drain has begun.
+	for {
+		op, p, err := r1.ReadFrame(10 * time.Second)
+		if err != nil {
+			t.Fatalf("no close frame after SIGTERM: %v", err)
+		}
+		if op == 0x8 {
+			if len(p) < 2 || int(p[0])<<8|int(p[1]) != 1001 {
+				t.Fatalf("close %v, want 1001", p)
+			}
+			break
+		}
+	}
+	r2, err := wstest.DialRaw(s.WSAddr)
+	if err != nil {
+		t.Fatalf("connect during the drain: %v", err)
+	}
+	defer r2.Close()
+	if _, err := r2.Write([]byte("GET /ws?token=" + tok + "&device=b HTTP/1.1\r\nHost: x\r\n" + wstest.UpgradeHeaders + "\r\n")); err != nil {
+		t.Fatal(err)
+	}
+	r1.Close()
+	if err := s.Wait(15 * time.Second); err != nil {
+		t.Fatalf("graceful exit: %v\n%s", err, s.Logs())
+	}
+	s.Restart()
+	if h, err := r2.Head(10 * time.Second); err != nil || !strings.HasPrefix(h, "HTTP/1.1 101") {
+		t.Fatalf("upgrade sent during the drain, after restart: %q, %v", h, err)
+	}
+	if _, p, err := r2.ReadFrame(10 * time.Second); err != nil || !strings.Contains(string(p), `"type":"welcome"`) {
+		t.Fatalf("want welcome from the next server, got %q, %v", p, err)
+	}
+}
+
 // A descriptor that is not a listening TCP socket stops start-up with an
 // error naming --listen-fd.
 func TestListenFDNotAListener(t *testing.T) {

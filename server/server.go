@@ -71,6 +71,7 @@ type Server struct {
 	// and why OnBoot could not adopt it (read after bootedCh).
 	inherited *net.TCPAddr
 	bootErr   error
+	acceptFD  int // the descriptor gnet accepts the inherited socket from
 
 	loopsMu sync.Mutex
 	loops   atomic.Pointer[[]*loop]
@@ -297,6 +298,13 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	defer cancel()
 	s.ready.Store(false)
 	s.draining.Store(true)
+	if s.inherited != nil {
+		// Under socket activation new connections wait in the
+		// supervisor's socket for the next server.
+		if err := releaseListener(s.acceptFD); err != nil {
+			s.log.Warn("could not stop accepting from the inherited socket; new connections are closed until exit", "err", err)
+		}
+	}
 	s.log.Info("shutting down")
 	// Workers read Pebble directly (history), and Pebble panics when used
 	// after Close: let the requests already offloaded finish (their
@@ -381,7 +389,7 @@ func (s *Server) booted(eng gnet.Engine) gnet.Action {
 	if s.inherited != nil {
 		dup, err := eng.Dup()
 		if err == nil {
-			err = adoptListener(dup, s.cfg.ListenFD)
+			s.acceptFD, err = adoptListener(dup, s.cfg.ListenFD)
 			unix.Close(dup)
 		}
 		if err != nil {

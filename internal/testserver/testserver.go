@@ -249,6 +249,20 @@ func (s *Server) Stop(timeout time.Duration) error {
 	}
 }
 
+// Terminate sends SIGTERM and returns at once (Wait for the exit).
+func (s *Server) Terminate() { _ = s.cmd.Process.Signal(syscall.SIGTERM) }
+
+// Wait waits up to timeout for the process to exit and returns its exit
+// error (nil for exit 0).
+func (s *Server) Wait(timeout time.Duration) error {
+	select {
+	case <-s.done:
+		return s.exitErr
+	case <-time.After(timeout):
+		return fmt.Errorf("magpie did not exit within %v", timeout)
+	}
+}
+
 // Restart starts the server again on the same data dir and ports after
 // Kill or Stop.
 func (s *Server) Restart() {
