@@ -4,7 +4,7 @@
 #
 #   bench/fanout10k.sh BEFORE_BIN AFTER_BIN OUTDIR [which...]
 #
-# which: burst (default), loops, steady, or all. BEFORE_BIN and AFTER_BIN
+# which: burst (default), loops, loopsrate, steady, or all (not loopsrate). BEFORE_BIN and AFTER_BIN
 # are magpie binaries (the server under test); the harness and the baseline
 # always come from AFTER_BIN (it has --publishers and --ack-mode). Ports
 # 17070-17081; data and tokens under OUTDIR/data-before and OUTDIR/data-after. Each run writes
@@ -92,6 +92,15 @@ for w in $WHICH; do
 				run "loops$l-$side" "${H[@]}" "${BURST[@]}" --ack-mode welcome
 				stop_server
 			done
+		done
+		;;
+	loopsrate)
+		# The loop-count series at a fixed offered rate (10 msg/s from one
+		# publisher) instead of the closed-loop burst: after only.
+		for l in 1 2 8 32; do
+			start_server "$AFTER" --loops $l
+			run "loopsrate$l-after" "${H[@]}" --publishers 1 --rate 10 --messages 100 --ack-mode welcome
+			stop_server
 		done
 		;;
 	steady)
