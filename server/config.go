@@ -145,9 +145,6 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.Visit(func(f *flag.Flag) { explicitIdle = explicitIdle || f.Name == "idle-timeout" })
 	explicitListen := false
 	fs.Visit(func(f *flag.Flag) { explicitListen = explicitListen || f.Name == "listen" })
-	if explicitListen && c.ListenFD != 0 {
-		return c, errors.New("--listen-fd: the WebSocket socket comes from --listen-fd or --listen, not both")
-	}
 	if explicitIdle && *idle <= 0 {
 		return c, fmt.Errorf("--idle-timeout: must be positive, got %v", *idle)
 	}
@@ -158,7 +155,11 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 			}
 		}
 	}
-	return c, c.Validate()
+	err := c.Validate()
+	if explicitListen && c.ListenFD != 0 {
+		err = errors.Join(err, errors.New("--listen-fd: the WebSocket socket comes from --listen-fd or --listen, not both"))
+	}
+	return c, err
 }
 
 // Validate reports every invalid field, naming its flag, and resolves

@@ -383,9 +383,9 @@ func TestConformanceFlags(t *testing.T) {
 		{"presence-grace", []string{"--presence-grace", "5"}},
 		{"presence-checkpoint", []string{"--presence-checkpoint", "0"}},
 		{"presence-checkpoint", []string{"--presence-checkpoint", "often"}},
-		{"listen-fd", []string{"--listen-fd", "-1"}},
-		{"listen-fd", []string{"--listen-fd", "2"}},
-		{"listen-fd", []string{"--listen-fd", "3"}}, // with --listen: not both
+		{"listen-fd: must be 0 (none) or a descriptor of 3 or more", []string{"--listen-fd", "-1"}},
+		{"listen-fd: must be 0 (none) or a descriptor of 3 or more", []string{"--listen-fd", "2"}},
+		{"listen-fd: the WebSocket socket comes from --listen-fd or --listen, not both", []string{"--listen-fd", "3"}}, // with --listen
 	}
 	for _, tc := range cases {
 		t.Run(strings.Join(tc.args, " "), func(t *testing.T) {

@@ -116,8 +116,17 @@ func adoptListener(dup, fd int) (int, error) {
 // arrive during a graceful shutdown wait for the next server instead of
 // being accepted and closed. gnet's epoll registration still names the
 // inherited socket: a new arrival wakes the acceptor, whose accept on fd
-// returns EAGAIN. Any goroutine.
-func releaseListener(fd int) error {
+// returns EAGAIN. It first checks that fd is still the listener bound to
+// addr (gnet may have closed it and the number been reused).
+// Any goroutine.
+func releaseListener(fd int, addr *net.TCPAddr) error {
+	sa, err := unix.Getsockname(fd)
+	if err != nil {
+		return fmt.Errorf("descriptor %d: %w", fd, err)
+	}
+	if a := sockaddrTCP(sa); a == nil || a.Port != addr.Port || !a.IP.Equal(addr.IP) {
+		return fmt.Errorf("descriptor %d is no longer the inherited socket %s", fd, addr)
+	}
 	d, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {
 		return err

@@ -27,10 +27,15 @@ func TestReleaseListener(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer unix.Close(fd)
-	if _, err := checkListenFD(fd); err != nil {
+	addr, err := checkListenFD(fd)
+	if err != nil {
 		t.Fatal(err)
 	}
-	if err := releaseListener(fd); err != nil {
+	other := &net.TCPAddr{IP: addr.IP, Port: addr.Port + 1}
+	if err := releaseListener(fd, other); err == nil {
+		t.Fatal("released a descriptor bound elsewhere")
+	}
+	if err := releaseListener(fd, addr); err != nil {
 		t.Fatal(err)
 	}
 	c, err := net.DialTimeout("tcp", ln.Addr().String(), 5*time.Second)

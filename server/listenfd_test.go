@@ -60,9 +60,10 @@ func TestListenFDQueuesAcrossKill(t *testing.T) {
 
 // A graceful restart (SIGTERM, then a new server) under socket activation:
 // a client that connects after the 1001 is served by the next server, not
-// refused. (That the draining server stops accepting from the socket, so
-// that such a client is not accepted and closed by it, is
-// TestReleaseListener's: the drain is too short to hit from outside.)
+// refused, nor accepted and closed by the draining one. (The drain is
+// short: when the connect lands after the old server's exit this passes
+// without releaseListener too; TestReleaseListener checks that part
+// alone.)
 func TestListenFDGracefulRestart(t *testing.T) {
 	s := testserver.StartHeld(t, "--secret", fltSecret, "--log-level", "warn", "--shutdown-grace", "10s")
 	tok := fltToken(fltRegister(t, s, "held2"))

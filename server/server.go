@@ -230,20 +230,29 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		gerr <- gnet.Run(&handler{srv: s}, "tcp://"+listen,
 			gnet.WithMulticore(true),
 			gnet.WithNumEventLoop(cfg.Loops),
-			gnet.WithReuseAddr(true),
+			gnet.WithReuseAddr(true), // never WithReusePort: --listen-fd swaps gnet's one listener (listenfd.go)
 			gnet.WithTCPNoDelay(gnet.TCPNoDelay),
 			gnet.WithLogger(gnetLogger{log}),
 		)
 	}()
 	select {
 	case <-s.bootedCh:
+		if s.bootErr != nil {
+			<-gerr // OnBoot asked gnet to shut down
+		}
 	case err := <-gerr:
-		hs.Close()
-		store.Close()
-		return fmt.Errorf("%s: %w", listenFlag, err)
+		if err == nil {
+			// gnet returns nil at once when OnBoot asks it to shut
+			// down: the reason is bootErr.
+			<-s.bootedCh
+			err = s.bootErr
+		}
+		if err == nil {
+			err = errors.New("gnet stopped during start-up")
+		}
+		s.bootErr = err
 	}
 	if s.bootErr != nil {
-		<-gerr // OnBoot asked gnet to shut down
 		hs.Close()
 		store.Close()
 		return fmt.Errorf("%s: %w", listenFlag, s.bootErr)
@@ -269,7 +278,11 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		fmt.Fprintf(out, "web UI at http://localhost:%s/%s\n", port, demo)
 	}
 	if cfg.Demo {
-		warnDemoExposure(log, map[string]string{"--listen": cfg.Listen, "--http": hl.Addr().String()})
+		ws := map[string]string{"--listen": cfg.Listen, "--http": hl.Addr().String()}
+		if s.inherited != nil {
+			ws = map[string]string{"--listen-fd": s.inherited.String(), "--http": hl.Addr().String()}
+		}
+		warnDemoExposure(log, ws)
 	}
 	s.ready.Store(true)
 	if opt.Started != nil {
@@ -296,15 +309,16 @@ func (s *Server) shutdown(hs *http.Server, gerr chan error) error {
 	deadline := time.Now().Add(s.cfg.ShutdownGrace)
 	ctx, cancel := context.WithDeadline(context.Background(), deadline)
 	defer cancel()
-	s.ready.Store(false)
-	s.draining.Store(true)
 	if s.inherited != nil {
 		// Under socket activation new connections wait in the
-		// supervisor's socket for the next server.
-		if err := releaseListener(s.acceptFD); err != nil {
+		// supervisor's socket for the next server (released before
+		// draining is set: fewer are accepted only to be closed).
+		if err := releaseListener(s.acceptFD, s.inherited); err != nil {
 			s.log.Warn("could not stop accepting from the inherited socket; new connections are closed until exit", "err", err)
 		}
 	}
+	s.ready.Store(false)
+	s.draining.Store(true)
 	s.log.Info("shutting down")
 	// Workers read Pebble directly (history), and Pebble panics when used
 	// after Close: let the requests already offloaded finish (their
