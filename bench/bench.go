@@ -15,7 +15,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"net/url"
 	"os"
@@ -28,6 +27,7 @@ import (
 	"time"
 
 	"github.com/magpie-im/magpie/bench/baseline"
+	"github.com/magpie-im/magpie/internal/holdsock"
 )
 
 const usage = `usage: magpie bench <scenario> [flags]
@@ -406,12 +406,7 @@ func (e *env) spawnServer() error {
 	}
 	e.srv = &spawned{exe: o.exe, data: o.data, listen: e.u.Host, http: h.Host, args: o.serverArgs}
 	if o.holdListener {
-		ln, err := net.Listen("tcp", e.u.Host)
-		if err != nil {
-			return fmt.Errorf("--hold-listener: %v", err)
-		}
-		f, err := ln.(*net.TCPListener).File() // a duplicate: the socket outlives ln
-		ln.Close()
+		f, _, err := holdsock.Listen(e.u.Host)
 		if err != nil {
 			return fmt.Errorf("--hold-listener: %v", err)
 		}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -19,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/magpie-im/magpie/internal/holdsock"
 )
 
 var (
@@ -104,12 +105,7 @@ func StartIn(t testing.TB, dir string, args ...string) *Server {
 // across Kill and Restart.
 func StartHeld(t testing.TB, args ...string) *Server {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	f, err := ln.(*net.TCPListener).File() // a duplicate: the socket outlives ln
-	ln.Close()
+	f, _, err := holdsock.Listen("127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
