@@ -30,10 +30,10 @@ type soakClient struct {
 	pending map[string]*pendingSend
 	tokens  float64 // send budget, refilled at the server's send_rate
 	tokAt   time.Time
-	prefix  string // cmid prefix, set before sending starts
-	conn    uint32 // connections welcomed so far (the current one's number)
-	trace   [soakTrace]soakEv
-	traceN  int // events recorded; the last soakTrace are in trace
+	prefix  string             // cmid prefix, set before sending starts
+	conn    uint32             // connections welcomed so far (the current one's number)
+	trace   *[soakTrace]soakEv // made on the first event: only soak clients pay for it
+	traceN  int                // events recorded; the last soakTrace are in trace
 }
 
 // soakTrace is how many of a client's latest events its trace keeps: a
@@ -54,6 +54,9 @@ type soakEv struct {
 
 // note records an event. REQUIRES: k.mu held.
 func (k *soakClient) note(kind byte, conv string, seq uint64) {
+	if k.trace == nil {
+		k.trace = new([soakTrace]soakEv)
+	}
 	k.trace[k.traceN%soakTrace] = soakEv{at: time.Now().UnixMilli(), kind: kind, conn: k.conn, conv: conv, seq: seq}
 	k.traceN++
 }
@@ -62,6 +65,9 @@ func (k *soakClient) note(kind byte, conv string, seq uint64) {
 // disconnect), oldest first. REQUIRES: k.mu held.
 func (k *soakClient) traceOf(conv string) string {
 	var b strings.Builder
+	if k.trace == nil {
+		return ""
+	}
 	for i := max(0, k.traceN-soakTrace); i < k.traceN; i++ {
 		e := &k.trace[i%soakTrace]
 		if e.conv != conv && e.kind != 'w' && e.kind != 'x' {
