@@ -275,28 +275,42 @@ func (c *client) drop(clean, rst bool) bool {
 
 // --- worker side ---
 
-// runSoak sends at cmd.Rate msgs/s (this worker's share) from random
-// online clients, cmd.GroupFrac of them to the client's group and the rest
-// to a random uid of cmd.Peers, and drops cmd.Churn connections a second,
-// cmd.CleanFrac of them with a close frame, until cmd.DurationMs is over.
-func runSoak(p *pool, cmd workerCmd) {
+// prepSoak puts the worker's clients in soak mode: from now on every push
+// and history message is recorded per conversation, and a lost connection
+// comes back and catches up. The coordinator runs it on every worker
+// before any worker starts sending ("soakprep"): a push that reached a
+// worker still outside soak mode was not recorded, and the client, online
+// throughout, then missed that seq for good (TestSoak failed about once in
+// a hundred runs so).
+func prepSoak(p *pool) {
+	for _, c := range p.clients {
+		c.sk.mu.Lock()
+		if c.sk.prefix == "" {
+			c.sk.prefix = c.sendPrefix() + "s"
+		}
+		c.sk.mu.Unlock()
+	}
 	p.soak.Store(true)
 	p.catchupReq.Store(true)
 	p.reconnect.Store(true)
 	if !p.retrying.Swap(true) {
 		go p.retryLoop()
 	}
+}
+
+// runSoak sends at cmd.Rate msgs/s (this worker's share) from random
+// online clients, cmd.GroupFrac of them to the client's group and the rest
+// to a random uid of cmd.Peers, and drops cmd.Churn connections a second,
+// cmd.CleanFrac of them with a close frame, until cmd.DurationMs is over.
+// prepSoak must have run on every worker.
+func runSoak(p *pool, cmd workerCmd) {
+	prepSoak(p) // already done by soakprep; kept for a lone worker
 	end := time.Now().Add(time.Duration(cmd.DurationMs) * time.Millisecond)
 	var members []*client
 	for _, c := range p.clients {
 		if c.spec.Group != 0 {
 			members = append(members, c)
 		}
-		c.sk.mu.Lock()
-		if c.sk.prefix == "" {
-			c.sk.prefix = c.sendPrefix() + "s"
-		}
-		c.sk.mu.Unlock()
 	}
 	var wg sync.WaitGroup
 	if cmd.Churn > 0 {
@@ -512,6 +526,10 @@ func (e *env) soak() error {
 	c0 := f.totals()
 	before := e.probe.snap()
 	stopProf := e.startProfile()
+	// Every worker records pushes before any worker sends (prepSoak).
+	if _, err := f.do(workerCmd{Op: "soakprep"}, time.Minute); err != nil {
+		return err
+	}
 	f.setPhase("soak")
 	procs := float64(len(f.workers))
 	t0 := time.Now()

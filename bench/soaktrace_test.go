@@ -1,8 +1,11 @@
 package bench
 
 import (
+	"net/url"
+	"strconv"
 	"strings"
 	"testing"
+	"time"
 )
 
 // traceOf shows a conversation's events and every (re)connection, oldest
@@ -30,5 +33,29 @@ func TestSoakTrace(t *testing.T) {
 	}
 	if got := k.traceOf("d:1:2"); strings.Contains(got, "p") || strings.Contains(got, "h") {
 		t.Fatalf("old events kept: %q", got)
+	}
+}
+
+// A worker records a client's pushes for the soak check only once
+// prepSoak ran: the coordinator runs it on every worker before any sends.
+func TestPrepSoakRecordsPushes(t *testing.T) {
+	u, _ := url.Parse("ws://127.0.0.1:1/ws")
+	p := newPool(u, 0, time.Second, 64)
+	defer close(p.quit)
+	p.noAck = true
+	c := p.newClient(clientSpec{UID: 31, Token: "t"})
+	p.clients = []*client{c}
+	push := func(seq int) {
+		c.onMsg([]byte(`{"type":"msg","conv":"d:10:31","seq":` + strconv.Itoa(seq) + `,"from":10,"ts":1,"cmid":"c","body":"hi"}`))
+	}
+	push(1)
+	if c.sk.convs["d:10:31"] != nil {
+		t.Fatal("recorded before soak mode")
+	}
+	prepSoak(p)
+	push(1)
+	push(2)
+	if got := c.held("d:10:31"); got != 2 {
+		t.Fatalf("held %d after prepSoak, want 2", got)
 	}
 }

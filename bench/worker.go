@@ -148,6 +148,8 @@ func workerMain(in io.Reader, out io.Writer) int {
 			for p.lc.caughtUp.Load() < int64(len(p.clients)) && time.Now().Before(deadline) {
 				time.Sleep(20 * time.Millisecond)
 			}
+		case "soakprep":
+			prepSoak(p)
 		case "soak":
 			runSoak(p, cmd)
 		case "drain":
