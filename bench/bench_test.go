@@ -148,18 +148,27 @@ func freePort(t *testing.T) int {
 	return l.Addr().(*net.TCPAddr).Port
 }
 
-func TestStormSpawned(t *testing.T) {
-	dir := t.TempDir()
+// stormSpawned runs a 30-client storm with --spawn (plus extra flags) on
+// fresh ports and a fresh data dir, and checks that every client caught
+// up with nothing lost.
+func stormSpawned(t *testing.T, extra ...string) *Report {
+	t.Helper()
 	ws, h := freePort(t), freePort(t)
-	r := runScenario(t, "storm", "--spawn", "--data", dir,
+	args := append([]string{"--spawn", "--data", t.TempDir(),
 		"--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", ws), "--http", fmt.Sprintf("http://127.0.0.1:%d", h),
-		"--procs", "2", "--conns", "30", "--messages", "5", "--rate", "50", "--wait", "20s")
+		"--procs", "2", "--conns", "30", "--messages", "5", "--rate", "50", "--wait", "20s"}, extra...)
+	r := runScenario(t, "storm", args...)
 	if got := num(t, r, "caught_up"); got != 30 {
 		t.Errorf("caught_up = %v, want 30", got)
 	}
 	if num(t, r, "lost") != 0 {
 		t.Errorf("lost %v", num(t, r, "lost"))
 	}
+	return r
+}
+
+func TestStormSpawned(t *testing.T) {
+	r := stormSpawned(t)
 	if num(t, r, "messages_after_restart") != 5 || num(t, r, "messages_before_restart") != 5 {
 		t.Errorf("messages: %v", r.Results)
 	}
@@ -172,17 +181,7 @@ func TestStormSpawned(t *testing.T) {
 // SIGKILL and restart (magpie serve --listen-fd 3): no reconnect attempt
 // is refused, every client comes back and catches up.
 func TestStormHeldListener(t *testing.T) {
-	dir := t.TempDir()
-	ws, h := freePort(t), freePort(t)
-	r := runScenario(t, "storm", "--spawn", "--hold-listener", "--data", dir,
-		"--url", fmt.Sprintf("ws://127.0.0.1:%d/ws", ws), "--http", fmt.Sprintf("http://127.0.0.1:%d", h),
-		"--procs", "2", "--conns", "30", "--messages", "5", "--rate", "50", "--wait", "20s")
-	if got := num(t, r, "caught_up"); got != 30 {
-		t.Errorf("caught_up = %v, want 30", got)
-	}
-	if num(t, r, "lost") != 0 {
-		t.Errorf("lost %v", num(t, r, "lost"))
-	}
+	r := stormSpawned(t, "--hold-listener")
 	if f := num(t, r, "reconnect_failures"); f != 0 {
 		t.Errorf("reconnect_failures = %v, want 0 (connects queue on the held socket)", f)
 	}
