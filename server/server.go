@@ -36,6 +36,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -122,6 +123,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	bi := buildinfo.Get()
 	logStart(log, bi)
 	logLimits(log, os.ReadFile)
+	logLoops(log, cfg.Loops, runtime.GOMAXPROCS(0))
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
