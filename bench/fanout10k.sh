@@ -4,7 +4,7 @@
 #
 #   bench/fanout10k.sh BEFORE_BIN AFTER_BIN OUTDIR [which...]
 #
-# which: burst (default), loops, loopsrate, steady, or all (not loopsrate). BEFORE_BIN and AFTER_BIN
+# which: burst (default), loops, loopsrate, steady, steadyacks, or all (not loopsrate, steadyacks). BEFORE_BIN and AFTER_BIN
 # are magpie binaries (the server under test); the harness and the baseline
 # always come from AFTER_BIN (it has --publishers and --ack-mode). Ports
 # 17070-17081; data and tokens under OUTDIR/data-before and OUTDIR/data-after. Each run writes
@@ -100,6 +100,25 @@ for w in $WHICH; do
 		for l in 1 2 8 32; do
 			start_server "$AFTER" --loops $l
 			run "loopsrate$l-after" "${H[@]}" --publishers 1 --rate 10 --messages 100 --ack-mode welcome
+			stop_server
+		done
+		;;
+	steadyacks)
+		# The steady case with the same client work on both servers: Magpie
+		# and the baseline with clients that ack every push (the baseline
+		# reads acks and ignores them), beside Magpie with coalescing clients
+		# and the baseline without acks. After only.
+		STEADY=(--publishers 1 --rate 5 --messages 50)
+		for mode in now welcome; do
+			start_server "$AFTER"
+			run "steadyacks-after-$mode" "${H[@]}" "${STEADY[@]}" --ack-mode $mode
+			stop_server
+		done
+		for ack in now none; do
+			A=(--ack-mode now)
+			[ $ack = none ] && A=(--ack=false)
+			start_baseline
+			run "steadyacks-baseline-$ack" --url ws://$BL/ws --http http://$BL --tokens "$TOK" --members "$MEMBERS" "${STEADY[@]}" --target baseline "${A[@]}"
 			stop_server
 		done
 		;;
