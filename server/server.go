@@ -132,7 +132,8 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		ui:       opt.UI,
 		bootedCh: make(chan struct{}),
 		work:     make(chan func(), cfg.WorkQueue),
-		rt:       &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1), limit: cfg.Inbox},
+		rt: &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1), limit: cfg.Inbox,
+			maxBusy: runtime.GOMAXPROCS(0)},
 	}
 	s.sess.init()
 	if opt.onServer != nil {
