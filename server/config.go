@@ -97,7 +97,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.HTTP, "http", c.HTTP, "HTTP address: API, web UI, /metrics, /healthz")
 	fs.StringVar(&c.WSURL, "ws-url", "", "public WebSocket URL returned by login (behind a proxy); default ws://HOST:PORT/ws from the request")
 	fs.StringVar(&c.Data, "data", c.Data, "data directory (Pebble store and token secret)")
-	fs.IntVar(&c.Loops, "loops", c.Loops, "gnet event loops (default one per CPU; more loops than CPUs merge fewer fan-out writes and cost more CPU per delivery)")
+	fs.IntVar(&c.Loops, "loops", c.Loops, "gnet event loops (default one per CPU)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "heartbeat_ms announced in welcome")
 	idle := fs.Duration("idle-timeout", 0, "server-side idle close, 4003 (default 3 × --heartbeat)")
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", c.AuthTimeout, "accept-to-auth deadline, 4002")

@@ -38,16 +38,3 @@ func logLimits(log *slog.Logger, readFile func(string) ([]byte, error)) {
 			"somaxconn", n, "recommended_at_least", minBacklog)
 	}
 }
-
-// logLoops warns when --loops exceeds the CPUs Go runs on (procs). The
-// loops then take turns on the CPUs: each one finishes its share of a
-// fan-out and goes idle before the next batch commits, so batches are not
-// merged into one writev per connection and a delivery costs more CPU
-// (1.5× at 32 loops on 2 CPUs against 8: docs/BENCHMARKS.md, issue 11
-// sitting 3). Routing cost does not depend on the loop count.
-func logLoops(log *slog.Logger, loops, procs int) {
-	if loops > procs {
-		log.Warn("more event loops than CPUs: fan-out merges fewer batches per write and costs more CPU per delivery; the default is one loop per CPU",
-			"loops", loops, "gomaxprocs", procs)
-	}
-}

@@ -3,7 +3,6 @@ package server
 import (
 	"errors"
 	"log/slog"
-	"strconv"
 	"strings"
 	"testing"
 )
@@ -29,21 +28,6 @@ func TestLogLimits(t *testing.T) {
 		}
 		if !strings.Contains(got, "nofile=") {
 			t.Errorf("no open-files line:\n%s", got)
-		}
-	}
-}
-
-// Start-up warns when there are more loops than CPUs, and only then.
-func TestLogLoops(t *testing.T) {
-	for _, tc := range []struct {
-		loops, procs int
-		warn         bool
-	}{{2, 2, false}, {1, 8, false}, {3, 2, true}, {32, 2, true}} {
-		var out syncBuffer
-		logLoops(slog.New(slog.NewTextHandler(&out, nil)), tc.loops, tc.procs)
-		got := out.String()
-		if warned := strings.Contains(got, "level=WARN") && strings.Contains(got, "loops="+strconv.Itoa(tc.loops)); warned != tc.warn {
-			t.Errorf("loops %d on %d CPUs: warned %v, want %v:\n%s", tc.loops, tc.procs, warned, tc.warn, got)
 		}
 	}
 }

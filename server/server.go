@@ -123,7 +123,6 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 	bi := buildinfo.Get()
 	logStart(log, bi)
 	logLimits(log, os.ReadFile)
-	logLoops(log, cfg.Loops, runtime.GOMAXPROCS(0))
 	s := &Server{
 		cfg:      cfg,
 		log:      log,
