@@ -21,6 +21,7 @@ type Config struct {
 	WSURL         string        // --ws-url; default "" (derived from the login request)
 	Data          string        // --data; default "./data"
 	Loops         int           // --loops; default GOMAXPROCS
+	FanoutLoops   int           // --fanout-loops; default GOMAXPROCS: most loops handed fan-out at once (router.go)
 	Heartbeat     time.Duration // --heartbeat; default 30s
 	IdleTimeout   time.Duration // --idle-timeout; default (and 0 here) 3 × Heartbeat
 	AuthTimeout   time.Duration // --auth-timeout; default 10s
@@ -59,6 +60,7 @@ func DefaultConfig() Config {
 		HTTP:          ":8080",
 		Data:          "./data",
 		Loops:         runtime.GOMAXPROCS(0),
+		FanoutLoops:   runtime.GOMAXPROCS(0),
 		Heartbeat:     30 * time.Second,
 		AuthTimeout:   10 * time.Second,
 		AckTimeout:    5 * time.Second,
@@ -98,6 +100,7 @@ func ParseFlags(args []string, out io.Writer) (Config, error) {
 	fs.StringVar(&c.WSURL, "ws-url", "", "public WebSocket URL returned by login (behind a proxy); default ws://HOST:PORT/ws from the request")
 	fs.StringVar(&c.Data, "data", c.Data, "data directory (Pebble store and token secret)")
 	fs.IntVar(&c.Loops, "loops", c.Loops, "gnet event loops (default one per CPU)")
+	fs.IntVar(&c.FanoutLoops, "fanout-loops", c.FanoutLoops, "most event loops handed fan-out work at once; the others go on merging batches into one write per connection (default one per CPU)")
 	fs.DurationVar(&c.Heartbeat, "heartbeat", c.Heartbeat, "heartbeat_ms announced in welcome")
 	idle := fs.Duration("idle-timeout", 0, "server-side idle close, 4003 (default 3 × --heartbeat)")
 	fs.DurationVar(&c.AuthTimeout, "auth-timeout", c.AuthTimeout, "accept-to-auth deadline, 4002")
@@ -205,6 +208,7 @@ func (c *Config) Validate() error {
 		}
 	}
 	atLeast("loops", c.Loops, 1)
+	atLeast("fanout-loops", c.FanoutLoops, 1)
 	atLeast("ack-retries", c.AckRetries, 0)
 	if c.AckRetries > 20 {
 		bad("ack-retries", fmt.Sprintf("must be at most 20, got %d", c.AckRetries))

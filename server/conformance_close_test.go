@@ -353,6 +353,7 @@ func TestConformanceFlags(t *testing.T) {
 		args []string
 	}{
 		{"max-inflight", []string{"--max-inflight", "0"}},
+		{"fanout-loops", []string{"--fanout-loops", "0"}},
 		{"max-inflight", []string{"--max-inflight", "-1"}},
 		{"max-inflight", []string{"--max-inflight", "many"}},
 		{"heartbeat", []string{"--heartbeat", "-1s"}},

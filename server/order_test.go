@@ -30,8 +30,34 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 	if testing.Short() {
 		t.Skip("load test")
 	}
+	burstInOrder(t, 3000, func(c *Config) { // 3,000 ≫ 1,024: one retransmit timer each, all expiring together
+		c.Loops = 1
+		c.AckTimeout = 200 * time.Millisecond // timers expire every 200 ms during the burst
+		c.AckRetries = 20
+	})
+}
+
+// TestFanoutOrderWithLoopCap: with more loops than --fanout-loops the
+// router holds fan-out entries back and merges batches into them
+// (router.go, "Loops that run at once"); every client still gets every
+// push once, in seq order, and the deferrals are counted.
+func TestFanoutOrderWithLoopCap(t *testing.T) {
+	ts := burstInOrder(t, 400, func(c *Config) {
+		c.Loops = 4
+		c.FanoutLoops = 1
+	})
+	if n := ts.metric("magpie_router_deferred_total"); n == 0 {
+		t.Fatal("magpie_router_deferred_total = 0: with 4 loops and --fanout-loops 1 no entry was held back")
+	}
+}
+
+// burstInOrder starts a server (tune sets its config) with a group of
+// receivers members online on bare connections that ack every push at
+// once, sends a burst of 160 messages from 4 publishers that each wait
+// for sent, and fails unless every receiver got every message, first
+// transmissions in seq order (PROTOCOL §7).
+func burstInOrder(t *testing.T, receivers int, tune func(*Config)) *testServer {
 	const (
-		receivers  = 3000 // ≫ 1,024: one retransmit timer each, all expiring together
 		publishers = 4
 		perPub     = 40
 		total      = publishers * perPub
@@ -40,11 +66,9 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 	uids, gid := seedGroup(t, dir, receivers+publishers)
 	ts := startServer(t, func(c *Config) {
 		c.Data = dir
-		c.Loops = 1
-		c.AckTimeout = 200 * time.Millisecond // timers expire every 200 ms during the burst
-		c.AckRetries = 20
 		c.MaxInflight = 100000
 		c.SendRate = 0
+		tune(c)
 	})
 	conv := "g:" + strconv.FormatUint(gid, 10)
 
@@ -152,6 +176,7 @@ func TestFanoutOrderUnderTimerBurst(t *testing.T) {
 	if late > 0 {
 		t.Fatalf("%d first transmissions arrived after a higher seq, on %d of %d clients (PROTOCOL §7: in seq order)", late, clients, receivers)
 	}
+	return ts
 }
 
 // seedGroup creates n users and a group of all of them in a store at dir,

@@ -161,8 +161,8 @@ type batch struct {
 // no delay.
 //
 // Loops that run at once: the router hands entries to at most maxBusy
-// loops with inbox work at a time (GOMAXPROCS: the loops that can run at
-// once), oldest open entry first. With one loop per CPU, the default, this
+// loops with inbox work at a time (--fanout-loops, default GOMAXPROCS: the
+// loops that can run at once), oldest open entry first. With one loop per CPU, the default, this
 // never holds an entry back. With more loops than CPUs the loops would
 // only take turns on the CPUs anyway: one that got its entry early wrote
 // its share and went idle before the next commit, so every batch reached

@@ -36,7 +36,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -132,7 +131,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		bootedCh: make(chan struct{}),
 		work:     make(chan func(), cfg.WorkQueue),
 		rt: &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1), limit: cfg.Inbox,
-			maxBusy: runtime.GOMAXPROCS(0)},
+			maxBusy: cfg.FanoutLoops},
 	}
 	s.sess.init()
 	if opt.onServer != nil {
