@@ -169,7 +169,9 @@ type batch struct {
 // it alone and each push was a write of its own (at 32 loops on 2 CPUs,
 // 34 % of the CPU in single-frame writes against 7 % at 8). A loop that
 // waits for a turn keeps merging batches into its open entry instead, as
-// a busy loop does. Entries held back are counted in
+// a busy loop does. A full entry (maxMergedMsgs or --inbox items) is
+// handed over whatever the count, so a loop whose inbox never empties
+// cannot starve the others. Entries held back are counted in
 // magpie_router_deferred_total.
 //
 // Within an entry the items are grouped by connection (each connection's
@@ -439,12 +441,18 @@ func (rt *router) add(c *conn, b *batch, i int, reply bool) bool {
 func (rt *router) full(s *Server) bool {
 	full := false
 	for idx, oe := range rt.open {
-		if oe != nil && (len(oe.nodes) >= rt.limit || oe.msgs >= maxMergedMsgs) {
+		if oe != nil && oe.full(rt.limit) {
 			rt.countWait(s, idx)
 			full = true
 		}
 	}
 	return full
+}
+
+// full reports whether oe holds limit items or maxMergedMsgs messages.
+// REQUIRES: the router goroutine.
+func (oe *openEntry) full(limit int) bool {
+	return len(oe.nodes) >= limit || oe.msgs >= maxMergedMsgs
 }
 
 // handOver puts the open entry of every idle loop (of every loop when all
@@ -480,7 +488,9 @@ func (rt *router) handOver(s *Server, all bool) {
 			slices.SortFunc(rt.cands, func(a, b int) int { return cmp.Compare(rt.open[a].gen, rt.open[b].gen) })
 		}
 		for _, idx := range rt.cands {
-			if bounded && busy >= rt.maxBusy {
+			// A full entry goes at once: the cap may add the time to fill
+			// an entry, never more, even when busy loops never go idle.
+			if bounded && busy >= rt.maxBusy && !rt.open[idx].full(rt.limit) {
 				if oe := rt.open[idx]; !oe.deferred {
 					oe.deferred = true
 					rt.deferred.Add(1)

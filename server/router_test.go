@@ -13,7 +13,8 @@ import (
 // With more loops than may run at once (maxBusy), the router hands fan-out
 // entries to at most maxBusy loops with inbox work, oldest open entry
 // first, and a loop that waits for its turn merges the next batches into
-// its entry. Without the bound every idle loop gets its entry at once.
+// its entry until it is full, then gets it whatever the count. Without the
+// bound every idle loop gets its entry at once.
 func TestHandOverAtMostMaxBusy(t *testing.T) {
 	w := wheel.New(wheel.Options{})
 	defer w.Stop()
@@ -97,6 +98,19 @@ func TestHandOverAtMostMaxBusy(t *testing.T) {
 	loops[2].ib.mu.Unlock()
 	if len(e.b.msgs) != 2 || len(e.items) != 2 || e.items[0].arg != 0 || e.items[1].arg != 1 {
 		t.Fatalf("loop 2's entry: %d messages, items %+v; want both batches, in order", len(e.b.msgs), e.items)
+	}
+
+	// Loops 1 and 2 stay busy (as a loop whose inbox never empties would):
+	// loop 0's entry waits while it merges, and goes once it is full.
+	for range maxMergedMsgs - 2 {
+		route(rt)
+	}
+	if got := queued(); got != [3]int{0, 1, 1} || rt.open[0].msgs != maxMergedMsgs-1 {
+		t.Fatalf("entries per loop %v, loop 0's open entry %d messages; want [0 1 1], %d", got, rt.open[0].msgs, maxMergedMsgs-1)
+	}
+	route(rt)
+	if got := queued(); got != [3]int{1, 1, 1} || rt.open[0] != nil {
+		t.Fatalf("loop 0's entry full (%d messages) and still held back: entries per loop %v", maxMergedMsgs, got)
 	}
 
 	// Without the bound (maxBusy 0, or at least as many as the loops)
