@@ -147,7 +147,7 @@ func (s *Server) registerLoopCounters() {
 			func() float64 { return float64(len(s.rt.in)) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "magpie_router_open_items", Help: "Items (pushes, replies) in the router's open fan-out entries, not yet in a loop's inbox; at most about --inbox per loop."},
 			func() float64 { return float64(s.rt.openItems.Load()) }),
-		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "magpie_router_deferred_total", Help: "Fan-out entries the router held back because GOMAXPROCS loops already had inbox work (only when --loops exceeds the CPUs); they go on merging batches."},
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "magpie_router_deferred_total", Help: "Fan-out entries the router held back because --fanout-loops loops were already working on fan-out (only when --loops exceeds --fanout-loops); they go on merging batches, for at most 50 ms."},
 			func() float64 { return float64(s.rt.deferred.Load()) }),
 	)
 }

@@ -6,6 +6,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/magpie-im/magpie/storage"
 )
@@ -157,21 +158,26 @@ type batch struct {
 // therefore wait in one open entry instead of queueing as separate
 // entries, and the loop then writes each connection's pushes of all of
 // them with one writev: the busier the loop, the fewer syscalls per
-// delivery. An idle loop gets each batch at once, so a quiet server adds
+// delivery. An idle loop gets each batch at once (while fewer than
+// --fanout-loops loops work on fan-out, below), so a quiet server adds
 // no delay.
 //
-// Loops that run at once: the router hands entries to at most maxBusy
-// loops with inbox work at a time (--fanout-loops, default GOMAXPROCS: the
-// loops that can run at once), oldest open entry first. With one loop per CPU, the default, this
-// never holds an entry back. With more loops than CPUs the loops would
-// only take turns on the CPUs anyway: one that got its entry early wrote
-// its share and went idle before the next commit, so every batch reached
-// it alone and each push was a write of its own (at 32 loops on 2 CPUs,
-// 34 % of the CPU in single-frame writes against 7 % at 8). A loop that
-// waits for a turn keeps merging batches into its open entry instead, as
-// a busy loop does. A full entry (maxMergedMsgs or --inbox items) is
-// handed over whatever the count, so a loop whose inbox never empties
-// cannot starve the others. Entries held back are counted in
+// Loops that run at once: the router keeps at most maxBusy loops
+// (--fanout-loops, default GOMAXPROCS: the loops that can run at once)
+// working on fan-out entries it handed them, and hands the next entries to
+// idle loops oldest open entry first. With no more loops than that, the
+// default, it never holds an entry back. With more loops than CPUs the
+// loops would only take turns on the CPUs anyway: one that got its entry
+// early wrote its share and went idle before the next commit, so every
+// batch reached it alone and each push was a write of its own (at 32
+// loops on 2 CPUs, 34 % of the CPU in single-frame writes against 7 % at
+// 8). A loop that waits for a turn keeps merging batches into its open
+// entry instead, as a busy loop does. A full entry (maxMergedMsgs or
+// --inbox items), or one held back for maxDefer, is handed over whatever
+// the count, so no loop waits long for a turn, even when the loops that
+// hold the turns never go idle. Only loops working on an entry the router
+// handed them count: a loop busy with worker replies or timer expiries
+// takes no turn. Entries held back are counted in
 // magpie_router_deferred_total.
 //
 // Within an entry the items are grouped by connection (each connection's
@@ -198,8 +204,12 @@ type router struct {
 	limit int           // --inbox: items of an open entry before it is full
 	// maxBusy is how many loops may have inbox work when the router hands
 	// an entry over (see "Loops that run at once"); 0: no bound.
-	maxBusy int
-	cands   []int // handOver's scratch: loop indices, oldest entry first
+	maxBusy  int
+	maxDefer time.Duration // longest an entry is held back (the constant maxDefer; tests change it)
+	cands    []int         // handOver's scratch: loop indices, oldest entry first
+	handed   []bool        // per loop index: handed a fan-out entry, not idle since
+	nextDue  time.Time     // when the oldest held-back entry reaches maxDefer (zero: none)
+	dueT     *time.Timer   // fires at nextDue (see dueC)
 	// deferred counts entries held back by maxBusy, once per open entry
 	// (magpie_router_deferred_total). Any goroutine reads it.
 	deferred atomic.Uint64
@@ -214,10 +224,10 @@ type openEntry struct {
 	nodes     []routeNode // items, chained per connection
 	order     []*conn     // connections in order of first item
 	gen       uint64
-	lastBatch uint64 // bgen of the last batch appended to b
-	base      int32  // offset of that batch in b
-	msgs      int    // messages merged
-	deferred  bool   // counted in router.deferred
+	lastBatch uint64    // bgen of the last batch appended to b
+	base      int32     // offset of that batch in b
+	msgs      int       // messages merged
+	deferred  time.Time // when it was first held back (zero: never)
 }
 
 // routeNode is one item, chained to the next item of the same connection
@@ -241,6 +251,12 @@ const routerQueue = 8
 // fraction of a syscall per delivery while an entry to 10,000 members
 // still drains in about 0.1 s; more would save little and delay more.
 const maxMergedMsgs = 16
+
+// maxDefer bounds how long the loop cap holds an entry back (see "Loops
+// that run at once"): normally an entry waits for a loop's turn, a few
+// milliseconds; the bound covers loops that stay busy without end, so a
+// message can wait at most this long for a turn.
+const maxDefer = 50 * time.Millisecond
 
 // onSent is the store's OnSent, on the committer goroutine: it encodes
 // each new message's msg frame once and hands the batch to the router,
@@ -297,11 +313,13 @@ func (s *Server) route() {
 			// entry is idle.
 			select {
 			case <-rt.idle:
+			case <-rt.dueC():
 			case <-rt.stop:
 				return
 			}
 		} else {
 			select {
+			case <-rt.dueC():
 			case b := <-rt.in:
 				if b.barrier != nil {
 					rt.handOver(s, true)
@@ -360,10 +378,27 @@ func (rt *router) makeRoom(s *Server) bool {
 		}
 		select {
 		case <-rt.idle:
+		case <-rt.dueC():
 		case <-rt.stop:
 			return false
 		}
 	}
+}
+
+// dueC returns a channel that fires when the oldest held-back entry
+// reaches maxDefer, or nil when none is held back. REQUIRES: the router
+// goroutine.
+func (rt *router) dueC() <-chan time.Time {
+	if rt.nextDue.IsZero() {
+		return nil
+	}
+	d := time.Until(rt.nextDue)
+	if rt.dueT == nil {
+		rt.dueT = time.NewTimer(d)
+	} else {
+		rt.dueT.Reset(d)
+	}
+	return rt.dueT.C
 }
 
 // overItems reports whether an open entry holds --inbox items (counting
@@ -457,50 +492,65 @@ func (oe *openEntry) full(limit int) bool {
 
 // handOver puts the open entry of every idle loop (of every loop when all
 // is set) into its inbox, oldest entry first, while fewer than maxBusy
-// loops have inbox work. REQUIRES: the router goroutine.
+// loops are working on a fan-out entry it handed them. A full entry, or
+// one held back for maxDefer, goes whatever the count.
+// REQUIRES: the router goroutine.
 func (rt *router) handOver(s *Server, all bool) {
 	loops := s.allLoops()
-	if all {
-		for idx, oe := range rt.open {
-			if oe != nil {
-				loops[idx].put(oe.entry(), true)
-				rt.recycle(idx)
-			}
+	for len(rt.handed) < len(loops) {
+		rt.handed = append(rt.handed, false)
+	}
+	// Bounded only with more loops than maxBusy; otherwise only the loops
+	// with an open entry are looked at, in any order.
+	bounded := !all && rt.maxBusy > 0 && rt.maxBusy < len(loops)
+	busy := 0
+	rt.cands = rt.cands[:0]
+	for idx, lp := range loops {
+		oe := rt.entryOf(idx)
+		if oe == nil && !(bounded && rt.handed[idx]) {
+			continue
 		}
-	} else {
-		// Unbounded (as many loops as CPUs, or fewer): only the loops with
-		// an open entry are looked at, in any order.
-		bounded := rt.maxBusy > 0 && rt.maxBusy < len(loops)
-		busy := 0
-		rt.cands = rt.cands[:0]
-		for idx, lp := range loops {
-			oe := rt.entryOf(idx)
-			if oe == nil && !bounded {
-				continue
-			}
-			if !lp.idle() {
-				busy++
-			} else if oe != nil {
-				rt.cands = append(rt.cands, idx)
-			}
+		if all {
+			rt.cands = append(rt.cands, idx)
+			continue
 		}
-		if bounded {
-			slices.SortFunc(rt.cands, func(a, b int) int { return cmp.Compare(rt.open[a].gen, rt.open[b].gen) })
+		idle := lp.idle()
+		if idle {
+			rt.handed[idx] = false
+		} else if rt.handed[idx] {
+			busy++
 		}
-		for _, idx := range rt.cands {
-			// A full entry goes at once: the cap may add the time to fill
-			// an entry, never more, even when busy loops never go idle.
-			if bounded && busy >= rt.maxBusy && !rt.open[idx].full(rt.limit) {
-				if oe := rt.open[idx]; !oe.deferred {
-					oe.deferred = true
-					rt.deferred.Add(1)
+		if idle && oe != nil {
+			rt.cands = append(rt.cands, idx)
+		}
+	}
+	if bounded {
+		slices.SortFunc(rt.cands, func(a, b int) int { return cmp.Compare(rt.open[a].gen, rt.open[b].gen) })
+	}
+	rt.nextDue = time.Time{}
+	var now time.Time
+	for _, idx := range rt.cands {
+		oe := rt.open[idx]
+		if bounded && busy >= rt.maxBusy && !oe.full(rt.limit) {
+			if now.IsZero() {
+				now = time.Now()
+			}
+			if oe.deferred.IsZero() {
+				oe.deferred = now
+				rt.deferred.Add(1)
+			}
+			if due := oe.deferred.Add(rt.maxDefer); due.After(now) {
+				if rt.nextDue.IsZero() || due.Before(rt.nextDue) {
+					rt.nextDue = due
 				}
 				continue
 			}
-			loops[idx].put(rt.open[idx].entry(), true)
-			rt.recycle(idx)
+		}
+		if loops[idx].put(oe.entry(), true) {
+			rt.handed[idx] = true
 			busy++
 		}
+		rt.recycle(idx)
 	}
 	n := 0
 	for _, oe := range rt.open {

@@ -131,7 +131,7 @@ func Run(ctx context.Context, cfg Config, opt Options) error {
 		bootedCh: make(chan struct{}),
 		work:     make(chan func(), cfg.WorkQueue),
 		rt: &router{in: make(chan *batch, routerQueue), stop: make(chan struct{}), idle: make(chan struct{}, 1), limit: cfg.Inbox,
-			maxBusy: cfg.FanoutLoops},
+			maxBusy: cfg.FanoutLoops, maxDefer: maxDefer},
 	}
 	s.sess.init()
 	if opt.onServer != nil {
