@@ -202,8 +202,8 @@ type router struct {
 	bgen  uint64        // batch counter: marks open entries in lastBatch
 	waits []bool        // per loop index: counted as waiting for this loop already
 	limit int           // --inbox: items of an open entry before it is full
-	// maxBusy is how many loops may have inbox work when the router hands
-	// an entry over (see "Loops that run at once"); 0: no bound.
+	// maxBusy is how many loops may work on fan-out entries the router
+	// handed them (see "Loops that run at once"); 0: no bound.
 	maxBusy  int
 	maxDefer time.Duration // longest an entry is held back (the constant maxDefer; tests change it)
 	cands    []int         // handOver's scratch: loop indices, oldest entry first
